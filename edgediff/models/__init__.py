@@ -1,0 +1,1 @@
+"""PyTorch side: presets, random-weight checkpoints, (later) trainers. Needs the [train] extra."""

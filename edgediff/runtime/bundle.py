@@ -1,0 +1,353 @@
+"""The bundle: manifest schema, reader and manifest writer. The only code that touches manifest.json.
+
+A bundle is a folder laid out like diffusers'/optimum's ONNX pipelines:
+
+    manifest.json  model_index.json  scheduler/scheduler_config.json  tokenizer/...
+    text_encoder/model.onnx  unet/model.onnx  vae_decoder/model.onnx  vae_encoder/model.onnx
+
+Every file is listed in the manifest with its sha256 and size; paths never leave the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from edgediff import __version__
+from edgediff.errors import BundleError
+from edgediff.runtime.files import atomic_write_text, sha256_file
+
+MANIFEST = "manifest.json"
+FORMAT = "edgediff-bundle"
+FORMAT_VERSION = 1
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+REQUIRED_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: name, numpy dtype name, shape with named symbolic dims."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How an exported model compared with PyTorch (max errors over all checked shapes)."""
+
+    max_abs_error: float
+    max_rel_error: float
+    rel_tolerance: float
+    passed: bool
+    shapes: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ONNX file of a component at one precision."""
+
+    file: str
+    precision: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    external_data: tuple[str, ...] = ()
+    verification: Verification | None = None
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The ONNX file and its external data files."""
+        return (self.file, *self.external_data)
+
+
+@dataclass(frozen=True)
+class Component:
+    """A pipeline component: its models by precision and which one loads by default."""
+
+    default: str
+    models: dict[str, ModelEntry]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the runtime needs to know about the model family, beyond the graphs."""
+
+    latent_channels: int
+    scaling_factor: float
+    vae_scale_factor: int
+    sample_size: int
+    max_text_length: int
+    text_embed_dim: int
+
+    @property
+    def default_image_size(self) -> int:
+        """Height and width the U-Net was configured for, in pixels."""
+        return self.sample_size * self.vae_scale_factor
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """The `tokenizers` JSON the runtime uses, and how prompts are padded."""
+
+    file: str
+    max_length: int
+    pad_token_id: int
+    original_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """Size and hash of one file in the bundle."""
+
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a bundle says about itself."""
+
+    model: ModelConfig
+    scheduler: dict[str, Any]
+    tokenizer: TokenizerConfig
+    components: dict[str, Component]
+    files: dict[str, FileRecord]
+    source: dict[str, Any] = field(default_factory=dict)
+    engines: tuple[dict[str, Any], ...] = ()
+    edgediff_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        """The manifest as the JSON text stored in manifest.json."""
+        data = {"format": FORMAT, **asdict(self)}
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+    def referenced_paths(self) -> list[str]:
+        """Every path the manifest names, used or not, so each can be checked to stay inside."""
+        paths = list(self.files)
+        paths.append(self.tokenizer.file)
+        paths.extend(self.tokenizer.original_files)
+        for component in self.components.values():
+            for entry in component.models.values():
+                paths.extend(entry.files)
+        for engine in self.engines:
+            for key in ("file", "onnx"):
+                if isinstance(engine.get(key), str):
+                    paths.append(engine[key])
+        return paths
+
+
+# ---------------------------------------------------------------- parsing (strict, with paths)
+
+
+def _get(data: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(data, dict) or key not in data:
+        raise BundleError(f"manifest.json has no '{where}{key}'", _REEXPORT)
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BundleError(f"manifest.json: '{where}{key}' has the wrong type", _REEXPORT)
+    return value
+
+
+_REEXPORT = "Re-export the bundle with `edgediff export CHECKPOINT BUNDLE --force`"
+
+
+def _tensor(d: Any, where: str) -> TensorSpec:
+    return TensorSpec(
+        name=_get(d, "name", str, where),
+        dtype=_get(d, "dtype", str, where),
+        shape=tuple(_get(d, "shape", list, where)),
+    )
+
+
+def _model_entry(d: Any, where: str) -> ModelEntry:
+    ver = d.get("verification") if isinstance(d, dict) else None
+    return ModelEntry(
+        file=_get(d, "file", str, where),
+        precision=_get(d, "precision", str, where),
+        inputs=tuple(_tensor(t, where + "inputs.") for t in _get(d, "inputs", list, where)),
+        outputs=tuple(_tensor(t, where + "outputs.") for t in _get(d, "outputs", list, where)),
+        external_data=tuple(d.get("external_data", ())),
+        verification=None
+        if ver is None
+        else Verification(**{**ver, "shapes": tuple(ver.get("shapes", ()))}),
+    )
+
+
+def parse_manifest(data: Any) -> Manifest:
+    """Build a Manifest from decoded JSON, naming the first key that is missing or wrong."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise BundleError("manifest.json is not an edgediff bundle manifest", _REEXPORT)
+    version = _get(data, "format_version", int, "")
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"manifest.json has format version {version}, newer than this edgediff reads "
+            f"({FORMAT_VERSION})",
+            "Upgrade edgediff (pip install -U edgediff)",
+        )
+    try:
+        model = ModelConfig(**_get(data, "model", dict, ""))
+        tok = _get(data, "tokenizer", dict, "")
+        tokenizer = TokenizerConfig(
+            file=_get(tok, "file", str, "tokenizer."),
+            max_length=_get(tok, "max_length", int, "tokenizer."),
+            pad_token_id=_get(tok, "pad_token_id", int, "tokenizer."),
+            original_files=tuple(tok.get("original_files", ())),
+        )
+    except TypeError as e:
+        raise BundleError(f"manifest.json: {e}", _REEXPORT) from None
+    components = {}
+    for name, comp in _get(data, "components", dict, "").items():
+        where = f"components.{name}."
+        models = {
+            prec: _model_entry(entry, f"{where}models.{prec}.")
+            for prec, entry in _get(comp, "models", dict, where).items()
+        }
+        default = _get(comp, "default", str, where)
+        if default not in models:
+            raise BundleError(f"manifest.json: {where}default names no model", _REEXPORT)
+        components[name] = Component(default=default, models=models)
+    files = {
+        path: FileRecord(
+            sha256=_get(rec, "sha256", str, f"files.{path}."),
+            bytes=_get(rec, "bytes", int, f"files.{path}."),
+        )
+        for path, rec in _get(data, "files", dict, "").items()
+    }
+    return Manifest(
+        model=model,
+        scheduler=_get(data, "scheduler", dict, ""),
+        tokenizer=tokenizer,
+        components=components,
+        files=files,
+        source=data.get("source", {}),
+        engines=tuple(data.get("engines", ())),
+        edgediff_version=data.get("edgediff_version", "unknown"),
+        format_version=version,
+    )
+
+
+def _check_inside(root: Path, rel: str) -> None:
+    """Refuse any manifest path that could resolve outside the bundle folder."""
+    posix = PurePosixPath(rel)
+    if not rel or posix.is_absolute() or "\\" in rel or ".." in posix.parts or ":" in rel:
+        raise BundleError(
+            f"manifest.json names the path '{rel}', which leaves the bundle folder",
+            "Refusing to load it; re-export the bundle from its checkpoint",
+        )
+    resolved = (root / rel).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise BundleError(
+            f"manifest.json names '{rel}', which resolves outside the bundle folder "
+            "(a symbolic link?)",
+            "Refusing to load it; re-export the bundle from its checkpoint",
+        )
+
+
+# ---------------------------------------------------------------- the reader
+
+
+class Bundle:
+    """An opened bundle folder whose manifest parsed and whose paths all stay inside it."""
+
+    def __init__(self, root: Path, manifest: Manifest):
+        self.root = root
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> Bundle:
+        """Read and validate manifest.json; check every named file exists at its recorded size."""
+        root = Path(root)
+        if not root.is_dir():
+            raise BundleError(
+                f"bundle folder '{root}' does not exist",
+                "Pass the folder `edgediff export` wrote (it holds manifest.json)",
+            )
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise BundleError(
+                f"'{root}' has no {MANIFEST}, so it is not an edgediff bundle",
+                "Create one with `edgediff export CHECKPOINT BUNDLE`",
+            )
+        try:
+            data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(f"{manifest_path} is not valid JSON ({e})", _REEXPORT) from None
+        manifest = parse_manifest(data)
+        for rel in manifest.referenced_paths():
+            _check_inside(root, rel)
+        bundle = cls(root, manifest)
+        bundle._check_present()
+        return bundle
+
+    def _check_present(self) -> None:
+        missing_components = [
+            c for c in REQUIRED_COMPONENTS if c not in self.manifest.components
+        ]
+        if missing_components:
+            raise BundleError(
+                f"the bundle has no {', '.join(missing_components)} in its manifest", _REEXPORT
+            )
+        for rel, record in self.manifest.files.items():
+            path = self.root / rel
+            if not path.is_file():
+                raise BundleError(
+                    f"bundle file '{rel}' is missing ({path.parent.name}/ deleted or moved?)",
+                    _REEXPORT,
+                )
+            size = path.stat().st_size
+            if size != record.bytes:
+                raise BundleError(
+                    f"bundle file '{rel}' is {size} bytes, the manifest says {record.bytes} "
+                    "(truncated or replaced)",
+                    _REEXPORT,
+                )
+
+    def path(self, rel: str) -> Path:
+        """Absolute path of a file the manifest names."""
+        return self.root / rel
+
+    def verify(self, paths: list[str] | None = None) -> None:
+        """Check sha256 of the given files (default: all); raise naming the first that differs."""
+        for rel in self.manifest.files if paths is None else paths:
+            record = self.manifest.files.get(rel)
+            if record is None:
+                raise BundleError(f"'{rel}' is not listed in manifest.json", _REEXPORT)
+            if sha256_file(self.root / rel) != record.sha256:
+                raise BundleError(
+                    f"bundle file '{rel}' does not match its sha256 in manifest.json "
+                    "(changed or corrupted)",
+                    _REEXPORT,
+                )
+
+    def model(self, component: str, precision: str | None = None) -> ModelEntry:
+        """The model entry of a component at a precision (its default if None)."""
+        comp = self.manifest.components.get(component)
+        if comp is None:
+            raise BundleError(f"the bundle has no {component}", _REEXPORT)
+        key = precision or comp.default
+        if key not in comp.models:
+            have = ", ".join(sorted(comp.models))
+            raise BundleError(
+                f"the bundle has no {precision} {component} (it has: {have})",
+                f"Pick one of {have}, or create it (e.g. `edgediff quantize`)",
+            )
+        return comp.models[key]
+
+
+def file_record(root: str | os.PathLike, rel: str) -> FileRecord:
+    """Hash and size of a written bundle file, for the manifest's file table."""
+    path = Path(root) / rel
+    return FileRecord(sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
+def write_manifest(root: str | os.PathLike, manifest: Manifest) -> None:
+    """Write manifest.json all-or-nothing, after checking every path it names stays inside."""
+    root = Path(root)
+    for rel in manifest.referenced_paths():
+        _check_inside(root, rel)
+    atomic_write_text(root / MANIFEST, manifest.to_json())

@@ -1,0 +1,38 @@
+"""Shared fixtures: random-weight checkpoints and their exported bundles, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TEST_PRESETS = ("tiny", "tiny-v")
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Random-weight diffusers checkpoints, one per test architecture."""
+    pytest.importorskip("torch", reason="building checkpoints needs the [train] extra")
+    from edgediff.models.presets import save_random_checkpoint
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {p: save_random_checkpoint(p, root / p, seed=0) for p in TEST_PRESETS}
+
+
+@pytest.fixture(scope="session")
+def bundles(checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """Each test checkpoint exported (fp32, verified) to a bundle."""
+    from edgediff.export import export_checkpoint
+
+    root = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for name, ckpt in checkpoints.items():
+        export_checkpoint(ckpt, root / name, progress=False)
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(bundles) -> Path:
+    """The exported 'tiny' bundle (read-only: copy it before changing a byte)."""
+    return bundles["tiny"]
