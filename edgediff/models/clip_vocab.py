@@ -7,6 +7,7 @@ token per merge, then <|startoftext|> and <|endoftext|>) and merges.txt (ranked 
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import re
 from pathlib import Path
@@ -20,7 +21,7 @@ a an the of on in at with and or big small large tiny red green blue yellow oran
 white black pink cyan magenta brown grey gray circle square triangle star cross diamond
 hexagon shape shapes left right top bottom center centre middle side corner upper lower
 background photo picture image of an astronaut riding horse mountain lake sunset city
-""".split()
+"""
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -49,7 +50,7 @@ def learn_bpe(words: list[str], num_merges: int) -> tuple[dict[str, int], list[t
     for _ in range(num_merges):
         pairs: collections.Counter[tuple[str, str]] = collections.Counter()
         for word, symbols in segmented.items():
-            for pair in zip(symbols, symbols[1:], strict=False):
+            for pair in itertools.pairwise(symbols):
                 pairs[pair] += counts[word]
         if not pairs:
             break
@@ -70,9 +71,9 @@ def learn_bpe(words: list[str], num_merges: int) -> tuple[dict[str, int], list[t
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
-def write_clip_vocab(out_dir: str | Path, corpus: list[str] | None = None) -> tuple[Path, Path]:
+def write_clip_vocab(out_dir: str | Path, corpus: str = DEFAULT_CORPUS) -> tuple[Path, Path]:
     """Write vocab.json and merges.txt for a vocabulary learned on `corpus`; return their paths."""
-    words = [w for text in (corpus or DEFAULT_CORPUS) for w in re.findall(r"[a-z]+", text.lower())]
+    words = re.findall(r"[a-z]+", corpus.lower())
     vocab, merges = learn_bpe(words, num_merges=400)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Model presets: architectures as plain config dicts, and random-weight checkpoints built from them.
+"""Model presets as plain config dicts, and random-weight checkpoints built from them.
 
 Random weights give honest latency and memory at real sizes (they do not depend on weight
 values) and let tests compare edgediff with diffusers on architectures of every shape.
@@ -6,6 +6,8 @@ values) and let tests compare edgediff with diffusers on architectures of every 
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,8 +191,12 @@ def get_preset(name: str) -> Preset:
 def build_random_pipeline(preset: str | Preset, seed: int = 0):
     """A diffusers StableDiffusionPipeline with the preset's architecture and random weights."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
-    from diffusers import UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from edgediff.models.clip_vocab import BOS, EOS, write_clip_vocab
@@ -230,10 +236,23 @@ def build_random_pipeline(preset: str | Preset, seed: int = 0):
     )
 
 
-def save_random_checkpoint(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
+def save_random_checkpoint(
+    preset: str, out_dir: str | Path, seed: int = 0, force: bool = False
+) -> Path:
     """Write a random-weight checkpoint in the diffusers folder layout (safetensors)."""
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"'{out}' exists and is not empty", "Choose a new folder")
-    build_random_pipeline(preset, seed).save_pretrained(out, safe_serialization=True)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise InputError(f"'{out}' exists and is not empty", "Choose a new folder or pass --force")
+    pipeline = build_random_pipeline(preset, seed)
+    # Written beside the target and swapped in, so an interrupted run never leaves half a folder.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    try:
+        pipeline.save_pretrained(tmp, safe_serialization=True)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out

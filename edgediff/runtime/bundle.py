@@ -1,4 +1,4 @@
-"""The bundle: manifest schema, reader and manifest writer. The only code that touches manifest.json.
+"""The bundle: manifest schema, reader and writer; the only code that touches manifest.json.
 
 A bundle is a folder laid out like diffusers'/optimum's ONNX pipelines:
 
@@ -285,9 +285,7 @@ class Bundle:
         return bundle
 
     def _check_present(self) -> None:
-        missing_components = [
-            c for c in REQUIRED_COMPONENTS if c not in self.manifest.components
-        ]
+        missing_components = [c for c in REQUIRED_COMPONENTS if c not in self.manifest.components]
         if missing_components:
             raise BundleError(
                 f"the bundle has no {', '.join(missing_components)} in its manifest", _REEXPORT

@@ -1,0 +1,215 @@
+"""The `edgediff` command: export, generate, info, random-checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+from pathlib import Path
+
+import click
+
+from edgediff import __version__
+from edgediff.errors import EdgediffError
+
+
+class _Group(click.Group):
+    """Turns edgediff's errors into one line on stderr and a non-zero exit, no traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgediffError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+class _WarningFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgediff")
+def cli() -> None:
+    """edgediff: Stable-Diffusion-shaped models from PyTorch checkpoints to fast inference.
+
+    \b
+    Typical flow:
+      edgediff export CHECKPOINT_DIR BUNDLE_DIR     # PyTorch -> verified ONNX bundle
+      edgediff generate "a red circle" --bundle BUNDLE_DIR
+      edgediff info BUNDLE_DIR
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_WarningFormatter())
+    logger = logging.getLogger("edgediff")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+@cli.command()
+@click.argument("checkpoint_dir", type=click.Path(path_type=Path))
+@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.option("--fp16", is_flag=True, help="Store U-Net and text encoder weights in fp16.")
+@click.option("--fp16-vae", is_flag=True, help="With --fp16, store the VAE in fp16 too.")
+@click.option("--opset", default=18, show_default=True, help="ONNX opset version.")
+@click.option("--force", is_flag=True, help="Replace BUNDLE_DIR if it exists (after success).")
+@click.option("--no-verify", is_flag=True, help="Skip the comparison against PyTorch.")
+def export(checkpoint_dir, bundle_dir, fp16, fp16_vae, opset, force, no_verify) -> None:
+    """Export a diffusers Stable Diffusion checkpoint folder to an ONNX bundle.
+
+    Each component (text encoder, U-Net, VAE decoder and encoder) is exported with dynamic
+    batch and spatial axes and checked against PyTorch at two shapes; the bundle's
+    manifest.json records hashes, signatures and the measured errors.
+    """
+    from edgediff.export import export_checkpoint
+
+    if fp16_vae and not fp16:
+        raise click.UsageError("--fp16-vae only makes sense with --fp16")
+    manifest = export_checkpoint(
+        checkpoint_dir,
+        bundle_dir,
+        fp16=fp16,
+        fp16_vae=fp16_vae,
+        opset=opset,
+        force=force,
+        verify=not no_verify,
+        progress=True,
+    )
+    click.echo(f"wrote {bundle_dir} ({len(manifest.components)} components)")
+
+
+def _output_paths(out: Path, count: int) -> list[Path]:
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option(
+    "--bundle",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Bundle folder (default: the model shipped with edgediff).",
+)
+@click.option("--steps", default=8, show_default=True, help="DDIM steps.")
+@click.option(
+    "--guidance",
+    default=5.0,
+    show_default=True,
+    help="Classifier-free guidance scale; <= 1 turns guidance off.",
+)
+@click.option("--negative", default=None, help="Negative prompt.")
+@click.option("--seed", type=int, default=None, help="Random seed (default: a new one, printed).")
+@click.option("--height", type=int, default=None, help="Image height (multiple of the VAE factor).")
+@click.option("--width", type=int, default=None, help="Image width (multiple of the VAE factor).")
+@click.option("-n", "--count", default=1, show_default=True, help="Images to generate.")
+@click.option(
+    "--eta", default=0.0, show_default=True, help="DDIM eta: 0 deterministic, 1 DDPM-like."
+)
+@click.option(
+    "--backend", default="ort-cpu", show_default=True, help="ort-cpu, ort-cuda or ort-trt."
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("image.png"),
+    show_default=True,
+    help="PNG to write; with -n N, NAME-0.png ... NAME-{N-1}.png.",
+)
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+def generate(
+    prompt, bundle, steps, guidance, negative, seed, height, width, count, eta, backend, out, force
+) -> None:
+    """Generate images for PROMPT and write them as PNG (parameters in a PNG text chunk)."""
+    from edgediff.runtime import Pipeline
+    from edgediff.runtime.images import save_png
+
+    if out.suffix.lower() != ".png":
+        raise EdgediffError(f"--out '{out}' is not a .png file", "Name the output NAME.png")
+    paths = _output_paths(out, count)
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        raise EdgediffError(f"'{existing[0]}' already exists", "Pass --force or choose --out")
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    pipe = Pipeline.load(bundle, backend=backend)
+    images = pipe(
+        prompt,
+        negative_prompt=negative,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        eta=eta,
+        height=height,
+        width=width,
+        num_images_per_prompt=count,
+        seed=seed,
+        progress=True,
+    )
+    params = {
+        "prompt": prompt,
+        "negative_prompt": negative,
+        "steps": steps,
+        "guidance": guidance,
+        "eta": eta,
+        "seed": seed,
+        "height": images[0].height,
+        "width": images[0].width,
+        "bundle": str(pipe.bundle.root),
+        "backend": backend,
+        "edgediff": __version__,
+    }
+    for i, (image, path) in enumerate(zip(images, paths, strict=True)):
+        save_png(image, path, {**params, "index": i})
+        click.echo(str(path))
+    click.echo(f"seed {seed}, {pipe.last_timings.total:.2f} s", err=True)
+
+
+@cli.command()
+@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.option("--no-verify", is_flag=True, help="Skip checking every file's sha256.")
+def info(bundle_dir, no_verify) -> None:
+    """Print a bundle's manifest as tables and check every file's hash."""
+    from edgediff.runtime.bundle import Bundle
+    from edgediff.runtime.bundle_info import format_bundle
+
+    bundle = Bundle.open(bundle_dir)
+    if not no_verify:
+        bundle.verify()
+    click.echo(format_bundle(bundle))
+    if not no_verify:
+        click.echo(f"all {len(bundle.manifest.files)} files match their sha256")
+
+
+@cli.command("random-checkpoint")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--preset",
+    default="tiny",
+    show_default=True,
+    help="tiny, tiny-v (v-prediction) or sd15 (Stable Diffusion 1.5 sizes).",
+)
+@click.option("--seed", default=0, show_default=True, help="Weight initialisation seed.")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+def random_checkpoint(out_dir, preset, seed, force) -> None:
+    """Write a random-weight Stable Diffusion checkpoint (diffusers layout) for trying the flow.
+
+    Random weights make noise images, but real sizes and real graphs: use them to try the
+    toolchain and to measure speed and memory (which do not depend on weight values).
+    """
+    from edgediff.models.presets import save_random_checkpoint
+
+    save_random_checkpoint(preset, out_dir, seed=seed, force=force)
+    click.echo(f"wrote {out_dir} (preset {preset}, random weights)")
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="edgediff")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The backend interface: load a model, run it on named arrays. The loop knows nothing more."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class Session(Protocol):
+    """One loaded model."""
+
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on host arrays named as its inputs; return host arrays by output name."""
+        ...
+
+
+class Backend(Protocol):
+    """Something that turns a model file into a Session (ONNX Runtime, TensorRT, ...)."""
+
+    name: str
+    # Where a Session's arrays live between calls: "host" (numpy) or "device" (GPU memory).
+    array_location: str
+
+    def load(self, model_path: Path) -> Session:
+        """Load one model file."""
+        ...

@@ -1,0 +1,79 @@
+"""A bundle's manifest as plain-text tables, for `edgediff info`."""
+
+from __future__ import annotations
+
+from edgediff.runtime.bundle import Bundle, TensorSpec
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)]).rstrip()
+
+
+def _signature(specs: tuple[TensorSpec, ...]) -> str:
+    return ", ".join(f"{s.name}:{s.dtype}[{','.join(map(str, s.shape))}]" for s in specs)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def format_bundle(bundle: Bundle) -> str:
+    """Model facts, components (precision, size, I/O, verification) and engines as text."""
+    m = bundle.manifest
+    cfg = m.model
+    facts = [
+        ["bundle", str(bundle.root)],
+        ["format / edgediff", f"{m.format_version} / {m.edgediff_version}"],
+        [
+            "source",
+            f"{m.source.get('checkpoint', '?')} (sha256 {str(m.source.get('sha256', '?'))[:12]})",
+        ],
+        ["default image", f"{cfg.default_image_size}x{cfg.default_image_size}"],
+        [
+            "latents",
+            f"{cfg.latent_channels} ch, 1/{cfg.vae_scale_factor} size, scale {cfg.scaling_factor}",
+        ],
+        ["text", f"{m.tokenizer.max_length} tokens -> {cfg.text_embed_dim}-d"],
+        [
+            "scheduler",
+            ", ".join(
+                f"{k}={m.scheduler[k]}"
+                for k in ("prediction_type", "beta_schedule", "timestep_spacing")
+                if k in m.scheduler
+            ),
+        ],
+    ]
+    rows = []
+    for name, comp in m.components.items():
+        for precision, entry in comp.models.items():
+            size = sum(m.files[f].bytes for f in entry.files if f in m.files)
+            v = entry.verification
+            check = (
+                "not verified"
+                if v is None
+                else (
+                    f"{'ok' if v.passed else 'FAILED'} abs {v.max_abs_error:.1e} "
+                    f"rel {v.max_rel_error:.1e} (tol {v.rel_tolerance:.0e})"
+                )
+            )
+            default = "*" if precision == comp.default else ""
+            rows.append([name, precision + default, _size(size), entry.file, check])
+    io_rows = [
+        [name, _signature(e.inputs), _signature(e.outputs)]
+        for name, comp in m.components.items()
+        for e in [comp.models[comp.default]]
+    ]
+    parts = [
+        _table(["", ""], facts),
+        _table(["component", "precision", "size", "file", "vs PyTorch"], rows),
+        _table(["component", "inputs", "outputs"], io_rows),
+    ]
+    if m.engines:
+        parts.append(_table(["engine"], [[str(e)] for e in m.engines]))
+    return "\n\n".join(parts)

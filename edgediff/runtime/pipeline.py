@@ -1,0 +1,259 @@
+"""Text -> image with a bundle: tokenizer, text encoder, DDIM loop with guidance, VAE decoder."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgediff.errors import BundleError, InputError
+from edgediff.runtime.backends import Backend, Session, get_backend
+from edgediff.runtime.bundle import Bundle
+from edgediff.runtime.guidance import guided, is_guided
+from edgediff.runtime.images import to_images, to_pil
+from edgediff.runtime.schedulers import DDIMScheduler
+from edgediff.runtime.tokenizer import PromptTokenizer
+
+# Where the shipped default model lives inside the installed package.
+DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "assets" / "default-bundle"
+
+OUTPUT_TYPES = ("pil", "np", "latent")
+
+
+def default_bundle() -> Path:
+    """The bundle shipped inside the package, or an error saying how to get one."""
+    if not (DEFAULT_BUNDLE / "manifest.json").is_file():
+        raise BundleError(
+            "no bundle was named and this install ships no default model",
+            "Name one with --bundle DIR (make one with `edgediff random-checkpoint CKPT` and "
+            "`edgediff export CKPT DIR`)",
+        )
+    return DEFAULT_BUNDLE
+
+
+@dataclass
+class Timings:
+    """Seconds spent inside each component's backend calls during the last generation."""
+
+    components: dict[str, float] = field(default_factory=dict)
+    total: float = 0.0
+
+    def add(self, component: str, seconds: float) -> None:
+        """Count `seconds` against `component`."""
+        self.components[component] = self.components.get(component, 0.0) + seconds
+
+    @property
+    def backend(self) -> float:
+        """Seconds inside backend calls, all components together."""
+        return sum(self.components.values())
+
+
+def _as_list(prompt: str | Sequence[str], name: str) -> list[str]:
+    if isinstance(prompt, str):
+        return [prompt]
+    items = list(prompt)
+    if not items or not all(isinstance(p, str) for p in items):
+        raise InputError(f"{name} must be a string or a non-empty list of strings")
+    return items
+
+
+class Pipeline:
+    """A loaded bundle that generates images; call it like diffusers' StableDiffusionPipeline."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        sessions: dict[str, Session],
+        tokenizer: PromptTokenizer,
+        scheduler: DDIMScheduler,
+        backend: Backend,
+    ):
+        self.bundle = bundle
+        self.sessions = sessions
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.backend = backend
+        self.config = bundle.manifest.model
+        self.last_timings = Timings()
+
+    @classmethod
+    def load(
+        cls,
+        bundle: str | os.PathLike | Bundle | None = None,
+        backend: str | Backend = "ort-cpu",
+        precision: str | None = None,
+        verify: bool = True,
+    ) -> Pipeline:
+        """Open a bundle (the shipped default if None), check its hashes, load each component."""
+        if not isinstance(bundle, Bundle):
+            bundle = Bundle.open(default_bundle() if bundle is None else bundle)
+        manifest = bundle.manifest
+        backend = get_backend(backend) if isinstance(backend, str) else backend
+        entries = {
+            name: bundle.model(name, precision if name == "unet" else None)
+            for name in ("text_encoder", "unet", "vae_decoder")
+        }
+        if verify:
+            used = [manifest.tokenizer.file] + [f for e in entries.values() for f in e.files]
+            bundle.verify(used)
+        sessions = {name: backend.load(bundle.path(e.file)) for name, e in entries.items()}
+        tokenizer = PromptTokenizer(
+            bundle.path(manifest.tokenizer.file),
+            manifest.tokenizer.max_length,
+            manifest.tokenizer.pad_token_id,
+        )
+        scheduler = DDIMScheduler.from_config(manifest.scheduler)
+        return cls(bundle, sessions, tokenizer, scheduler, backend)
+
+    # ------------------------------------------------------------ small named helpers
+
+    def _run(self, component: str, **feeds: np.ndarray) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        out = self.sessions[component].run(feeds)
+        self.last_timings.add(component, time.perf_counter() - start)
+        return out
+
+    def encode(
+        self, prompts: list[str], negative_prompts: list[str] | None, per_prompt: int
+    ) -> np.ndarray:
+        """Text embeddings for the U-Net: [uncond; cond] (each repeated per image) when guided."""
+        texts = prompts if negative_prompts is None else negative_prompts + prompts
+        ids = self.tokenizer(texts)
+        embeddings = self._run("text_encoder", input_ids=ids)["last_hidden_state"]
+        # Image i of prompt p sits at p * per_prompt + i, as in diffusers.
+        return np.repeat(embeddings.astype(np.float32), per_prompt, axis=0)
+
+    def initial_latents(
+        self, batch: int, height: int, width: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Standard normal latents scaled by the scheduler's initial sigma."""
+        f = self.config.vae_scale_factor
+        shape = (batch, self.config.latent_channels, height // f, width // f)
+        noise = rng.standard_normal(shape, dtype=np.float32)
+        return noise * np.float32(self.scheduler.init_noise_sigma)
+
+    def unet(self, latents: np.ndarray, t: int, cond: np.ndarray, guidance_scale: float):
+        """One U-Net call (on [x; x] when guided) and the guided noise prediction."""
+        sample = np.concatenate([latents, latents]) if is_guided(guidance_scale) else latents
+        out = self._run(
+            "unet",
+            sample=sample,
+            timestep=np.array([t], dtype=np.float32),
+            encoder_hidden_states=cond,
+        )["out_sample"]
+        return guided(out.astype(np.float32), guidance_scale)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Latents -> float images NHWC in [0, 1]."""
+        z = latents / np.float32(self.config.scaling_factor)
+        return to_images(self._run("vae_decoder", latent_sample=z)["sample"])
+
+    # ------------------------------------------------------------ the call
+
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] | None = None,
+        num_inference_steps: int = 8,
+        guidance_scale: float = 5.0,
+        eta: float = 0.0,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        seed: int | None = None,
+        latents: np.ndarray | None = None,
+        output_type: str = "pil",
+        progress: bool = False,
+        callback: Callable[[int, int, np.ndarray], Any] | None = None,
+    ) -> Any:
+        """Generate images. Returns PIL images, float32 N×H×W×3 in [0, 1] ("np") or latents.
+
+        `callback(step, num_steps, latents)` runs after each denoising step.
+        """
+        prompts = _as_list(prompt, "prompt")
+        n = num_images_per_prompt
+        height, width = self._check_request(
+            num_inference_steps, eta, n, output_type, latents, height, width
+        )
+        negatives = None
+        if is_guided(guidance_scale):
+            negatives = _as_list(
+                "" if negative_prompt is None else negative_prompt, "negative_prompt"
+            )
+            if len(negatives) == 1:
+                negatives = negatives * len(prompts)
+            if len(negatives) != len(prompts):
+                raise InputError(
+                    f"{len(negatives)} negative prompts for {len(prompts)} prompts",
+                    "Give one negative prompt, or one per prompt",
+                )
+        if latents is not None and len(latents) != len(prompts) * n:
+            raise InputError(
+                f"latents hold {len(latents)} images, the request makes {len(prompts) * n}",
+                "Pass one latent per prompt and image",
+            )
+        self.last_timings = Timings()
+        start = time.perf_counter()
+        rng = np.random.default_rng(seed)
+
+        cond = self.encode(prompts, negatives, n)
+        if latents is None:
+            x = self.initial_latents(len(prompts) * n, height, width, rng)
+        else:
+            x = np.asarray(latents, dtype=np.float32) * np.float32(self.scheduler.init_noise_sigma)
+        timesteps = self.scheduler.timesteps(num_inference_steps)
+        for i, t in enumerate(_progress(timesteps, progress)):
+            eps = self.unet(x, int(t), cond, guidance_scale)
+            noise = rng.standard_normal(x.shape, dtype=np.float32) if eta > 0 else None
+            x = self.scheduler.step(eps, int(t), x, num_inference_steps, eta=eta, noise=noise)
+            if callback is not None:
+                callback(i, len(timesteps), x)
+        result = x if output_type == "latent" else self.decode(x)
+        self.last_timings.total = time.perf_counter() - start
+        return to_pil(result) if output_type == "pil" else result
+
+    def _check_request(self, steps, eta, per_prompt, output_type, latents, height, width):
+        """Validate a request; return (height, width) in pixels."""
+        if not isinstance(steps, int | np.integer) or steps < 1:
+            raise InputError(f"num_inference_steps must be an integer >= 1, got {steps!r}")
+        if not 0.0 <= eta <= 1.0:
+            raise InputError(f"eta must be in [0, 1], got {eta}")
+        if per_prompt < 1:
+            raise InputError(f"num_images_per_prompt must be >= 1, got {per_prompt}")
+        if output_type not in OUTPUT_TYPES:
+            raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        f = self.config.vae_scale_factor
+        if latents is not None:
+            latents = np.asarray(latents)
+            if latents.ndim != 4 or latents.shape[1] != self.config.latent_channels:
+                raise InputError(
+                    f"latents must have shape (batch, {self.config.latent_channels}, h, w), "
+                    f"got {latents.shape}"
+                )
+            height = height or latents.shape[2] * f
+            width = width or latents.shape[3] * f
+            if (latents.shape[2] * f, latents.shape[3] * f) != (height, width):
+                raise InputError(f"latents of shape {latents.shape} do not fit {height}x{width}")
+        height = height or self.config.default_image_size
+        width = width or self.config.default_image_size
+        for name, value in (("height", height), ("width", width)):
+            if value <= 0 or value % f:
+                lower = max(f, value - value % f)
+                raise InputError(
+                    f"{name} {value} is not a positive multiple of the VAE factor {f}",
+                    f"Use e.g. {lower} or {lower + f}",
+                )
+        return height, width
+
+
+def _progress(timesteps: np.ndarray, enabled: bool):
+    if not enabled:
+        return timesteps
+    from tqdm.auto import tqdm
+
+    return tqdm(timesteps, desc="denoising", unit="step", leave=False)
