@@ -1,0 +1,126 @@
+"""Stable Diffusion 1.5 sizes, random weights, ONNX Runtime CPU: edgediff vs diffusers, one run.
+
+Prints, measured side by side in this one process tree:
+  * export wall time and peak memory (measured in a child process that does only the export);
+  * seconds per image for edgediff's runtime and for diffusers' PyTorch pipeline on the same
+    weights, same size, steps, guidance and initial latents, and their ratio;
+  * the runtime's overhead above the summed ONNX Runtime session time (goal <= 3 %).
+
+    python benchmarks/sd15_cpu.py --work /tmp/sd15 [--size 256] [--steps 4] [--runs 2]
+
+Needs ~12 GB free disk in --work and ~16 GB of memory. Weights are random: latency and memory
+do not depend on their values, so these are honest speed figures at real sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROMPT = "a photo of an astronaut riding a horse"
+
+
+def _child(code: str, *args: str) -> tuple[float, float]:
+    """Run python code in a child process; return (wall seconds, the child's peak RSS in GB)."""
+    code += "; import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(f"child failed:\n{proc.stderr[-3000:]}")
+    return wall, int(proc.stdout.split()[-1]) / 2**20  # ru_maxrss is in KiB on Linux
+
+
+def prepare(work: Path) -> tuple[Path, Path, dict]:
+    """Random SD 1.5 checkpoint and its fp32 bundle (reused if already there)."""
+    checkpoint, bundle = work / "checkpoint", work / "bundle"
+    facts = {}
+    if not (checkpoint / "model_index.json").exists():
+        wall, _ = _child(
+            "import sys; from edgediff.models.presets import save_random_checkpoint;"
+            "save_random_checkpoint('sd15', sys.argv[1], force=True)", str(checkpoint))
+        print(f"random checkpoint: {wall:.0f} s")
+    if not (bundle / "manifest.json").exists():
+        wall, peak = _child(
+            "import sys; from edgediff.export import export_checkpoint;"
+            "export_checkpoint(sys.argv[1], sys.argv[2], force=True, progress=False)",
+            str(checkpoint), str(bundle))
+        facts = {"export_seconds": round(wall, 1), "export_peak_rss_gb": round(peak, 2)}
+        print(f"export: {wall:.0f} s wall, peak RSS {peak:.1f} GB")
+    return checkpoint, bundle, facts
+
+
+def main() -> None:
+    """Run the comparison and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/edgediff-sd15"))
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--runs", type=int, default=2, help="timed runs after one warm-up")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    checkpoint, bundle, facts = prepare(args.work)
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from edgediff.runtime import Pipeline
+    from edgediff.runtime.backends.onnxruntime import OrtBackend
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    pipe = Pipeline.load(bundle, backend=OrtBackend("ort-cpu", threads=args.threads))
+    load_s = time.perf_counter() - t0
+    reference = StableDiffusionPipeline.from_pretrained(checkpoint)
+    reference.set_progress_bar_config(disable=True)
+
+    f = pipe.config.vae_scale_factor
+    shape = (1, pipe.config.latent_channels, args.size // f, args.size // f)
+    latents = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    kwargs = dict(num_inference_steps=args.steps, guidance_scale=args.guidance,
+                  height=args.size, width=args.size, output_type="np")
+
+    ours, theirs, overheads, sessions = [], [], [], []
+    for run in range(args.runs + 1):  # run 0 warms up both
+        start = time.perf_counter()
+        a = pipe(PROMPT, latents=latents, **kwargs)
+        t_ours = time.perf_counter() - start
+        timings = pipe.last_timings
+        start = time.perf_counter()
+        with torch.no_grad():
+            b = reference(PROMPT, latents=torch.from_numpy(latents), **kwargs).images
+        t_theirs = time.perf_counter() - start
+        if run:
+            ours.append(t_ours)
+            theirs.append(t_theirs)
+            sessions.append(timings.backend)
+            overheads.append((t_ours - timings.backend) / timings.backend)
+        print(f"run {run}{' (warm-up)' if not run else ''}: edgediff {t_ours:.2f} s, "
+              f"diffusers {t_theirs:.2f} s, max |image diff| {np.abs(a - b).max():.2e}")
+
+    result = {
+        **facts,
+        "size": args.size, "steps": args.steps, "guidance": args.guidance,
+        "threads": args.threads, "runs": args.runs,
+        "pipeline_load_seconds": round(load_s, 1),
+        "edgediff_seconds_per_image": round(statistics.median(ours), 3),
+        "diffusers_seconds_per_image": round(statistics.median(theirs), 3),
+        "speedup_vs_diffusers": round(statistics.median(theirs) / statistics.median(ours), 3),
+        "ort_session_seconds": round(statistics.median(sessions), 3),
+        "runtime_overhead_percent": round(100 * statistics.median(overheads), 2),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
