@@ -61,7 +61,7 @@ def test_changed_byte_is_refused_naming_the_file(bundle_copy, tmp_path):
     _assert_clean_failure(result, "unet/model.onnx", "sha256", "edgediff export")
     assert not out.exists()
     assert _listing(bundle_copy) == before
-    with pytest.raises(BundleError, match="unet/model.onnx"):
+    with pytest.raises(BundleError, match=r"unet/model\.onnx"):
         Bundle.open(bundle_copy).verify()
 
 
