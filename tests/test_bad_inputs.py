@@ -75,7 +75,7 @@ def test_truncated_model_is_refused(bundle_copy, tmp_path):
 def test_missing_component_folder(bundle_copy, tmp_path):
     shutil.rmtree(bundle_copy / "text_encoder")
     result = _generate(bundle_copy, tmp_path / "image.png")
-    _assert_clean_failure(result, "text_encoder/model.onnx", "missing")
+    _assert_clean_failure(result, "folder 'text_encoder/' is missing", "edgediff export")
 
 
 def test_manifest_that_is_not_json(bundle_copy, tmp_path):

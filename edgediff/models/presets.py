@@ -125,7 +125,6 @@ PRESETS: dict[str, Preset] = {
                 "prediction_type": "v_prediction",
                 "timestep_spacing": "trailing",
                 "rescale_betas_zero_snr": True,
-                "steps_offset": 0,
             },
             max_text_length=32,
         ),

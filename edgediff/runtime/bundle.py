@@ -292,11 +292,11 @@ class Bundle:
             )
         for rel, record in self.manifest.files.items():
             path = self.root / rel
+            if not path.parent.is_dir():
+                folder = path.parent.relative_to(self.root).as_posix()
+                raise BundleError(f"the bundle's folder '{folder}/' is missing", _REEXPORT)
             if not path.is_file():
-                raise BundleError(
-                    f"bundle file '{rel}' is missing ({path.parent.name}/ deleted or moved?)",
-                    _REEXPORT,
-                )
+                raise BundleError(f"bundle file '{rel}' is missing", _REEXPORT)
             size = path.stat().st_size
             if size != record.bytes:
                 raise BundleError(

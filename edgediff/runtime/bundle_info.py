@@ -5,10 +5,16 @@ from __future__ import annotations
 from edgediff.runtime.bundle import Bundle, TensorSpec
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)]).rstrip()
+def _table(header: list[str] | None, rows: list[list[str]]) -> str:
+    """Left-aligned columns; a dashed rule under the header if there is one."""
+    columns = list(zip(*([header] if header else []), *rows, strict=True))
+    widths = [max(len(str(c)) for c in col) for col in columns]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    head = [line(header), line(["-" * w for w in widths])] if header else []
+    return "\n".join([*head, *map(line, rows)])
 
 
 def _signature(specs: tuple[TensorSpec, ...]) -> str:
@@ -70,7 +76,7 @@ def format_bundle(bundle: Bundle) -> str:
         for e in [comp.models[comp.default]]
     ]
     parts = [
-        _table(["", ""], facts),
+        _table(None, facts),
         _table(["component", "precision", "size", "file", "vs PyTorch"], rows),
         _table(["component", "inputs", "outputs"], io_rows),
     ]
