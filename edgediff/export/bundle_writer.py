@@ -1,0 +1,280 @@
+"""Checkpoint -> bundle folder, all or nothing: export, verify, write side files, manifest last."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edgediff.errors import ExportError
+from edgediff.runtime.bundle import (
+    MANIFEST,
+    Component,
+    Manifest,
+    ModelEntry,
+    file_record,
+    write_manifest,
+)
+from edgediff.runtime.files import atomic_write_text
+
+_FORCE_FIX = "Choose another folder, or pass --force to replace it"
+
+
+def _check_destination(bundle: Path, force: bool) -> None:
+    """Refuse a destination that holds anything but (with force) an earlier bundle."""
+    if bundle.exists() and not bundle.is_dir():
+        raise ExportError(f"bundle destination '{bundle}' is a file", "Choose a folder path")
+    if not bundle.is_dir() or not any(bundle.iterdir()):
+        return
+    if not force:
+        raise ExportError(f"bundle folder '{bundle}' already exists and is not empty", _FORCE_FIX)
+    if not (bundle / MANIFEST).is_file():
+        # --force replaces an earlier bundle; it must never wipe an unrelated folder.
+        raise ExportError(
+            f"'{bundle}' is not empty and has no {MANIFEST}, so it is not a bundle that --force "
+            "may replace",
+            "Choose another folder, or empty this one yourself",
+        )
+
+
+def _move_into_place(tmp: Path, bundle: Path, force: bool) -> None:
+    """Rename the finished temporary folder to `bundle`, replacing an old bundle only now."""
+    _check_destination(bundle, force)  # again: the folder may have changed during the export
+    if bundle.is_dir() and not any(bundle.iterdir()):
+        bundle.rmdir()
+    if not bundle.exists():
+        os.rename(tmp, bundle)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.old-", dir=bundle.parent))
+    os.rename(bundle, old / bundle.name)
+    try:
+        os.rename(tmp, bundle)
+    except BaseException:
+        os.rename(old / bundle.name, bundle)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _staging(bundle: Path, force: bool) -> Iterator[Path]:
+    """A temporary sibling `.NAME.tmp-XXXX`: becomes `bundle` on success, vanishes otherwise."""
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.tmp-", dir=bundle.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; bundles are meant to be shared
+        _move_into_place(tmp, bundle, force)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def model_index() -> dict[str, Any]:
+    """model_index.json as optimum's ORTStableDiffusionPipeline reads it."""
+    import diffusers
+
+    return {
+        "_class_name": "ORTStableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["optimum", "ORTModelTextEncoder"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["optimum", "ORTModelUnet"],
+        "vae_decoder": ["optimum", "ORTModelVaeDecoder"],
+        "vae_encoder": ["optimum", "ORTModelVaeEncoder"],
+    }
+
+
+def _write_side_files(root: Path, ckpt: Any) -> None:
+    """model_index.json, the DDIM scheduler config, each component's config.json (for optimum)."""
+    atomic_write_text(root / "model_index.json", json.dumps(model_index(), indent=2) + "\n")
+    atomic_write_text(
+        root / "scheduler" / "scheduler_config.json", json.dumps(ckpt.scheduler, indent=2) + "\n"
+    )
+    sources = {
+        "text_encoder": "text_encoder",
+        "unet": "unet",
+        "vae_decoder": "vae",
+        "vae_encoder": "vae",
+    }
+    for component, source in sources.items():
+        atomic_write_text(root / component / "config.json", ckpt.configs[source])
+
+
+def _entry(result: Any, verify: bool) -> ModelEntry:
+    """The manifest entry of an exported component; raises if its verification failed."""
+    from edgediff.export.verify import verification
+
+    if hasattr(result, "problem"):
+        raise ExportError(result.problem, result.fix)
+    record = verification(result.checks, result.precision) if verify else None
+    if record is not None and not record.passed:
+        raise ExportError(
+            f"verification failed for the {result.component} ({result.precision}): ONNX Runtime "
+            f"differs from PyTorch by max rel error {record.max_rel_error:.3g} (max abs "
+            f"{record.max_abs_error:.3g}), tolerance {record.rel_tolerance:.3g}",
+            "Pass --no-verify to write the bundle anyway (not recommended)",
+        )
+    return ModelEntry(
+        file=result.file,
+        precision=result.precision,
+        inputs=result.inputs,
+        outputs=result.outputs,
+        external_data=result.external_data,
+        verification=record,
+    )
+
+
+def _export_into(
+    root: Path,
+    checkpoint: Path,
+    *,
+    fp16: bool,
+    fp16_vae: bool,
+    opset: int,
+    verify: bool,
+    progress: bool,
+    workers: int,
+) -> Manifest:
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from edgediff.export.checkpoint import checkpoint_sha256, load_checkpoint
+    from edgediff.export.components import COMPONENTS, VERIFY_PROMPTS, verification_inputs
+    from edgediff.export.tokenizer import encode_like_transformers, write_tokenizer
+    from edgediff.export.workers import SCRATCH, ComponentJob, Helper, run_job
+
+    ckpt = load_checkpoint(checkpoint)
+    geo = ckpt.geometry
+    # The cheap files first, so a tokenizer problem surfaces before minutes of tracing.
+    tokenizer = write_tokenizer(ckpt.tokenizer, checkpoint / "tokenizer", root, geo.max_length)
+    _write_side_files(root, ckpt)
+    prompt_ids = [
+        np.array(encode_like_transformers(ckpt.tokenizer, list(p), geo.max_length))
+        for p in VERIFY_PROMPTS
+    ]
+    half = {"text_encoder": fp16, "unet": fp16, "vae_decoder": fp16_vae, "vae_encoder": fp16_vae}
+    threads = max(1, _available_cpus() // workers) if workers > 1 else 0
+    jobs = {
+        c: ComponentJob(
+            component=c,
+            checkpoint=str(checkpoint),
+            bundle_root=str(root),
+            geometry=geo,
+            precision="fp16" if half[c] else "fp32",
+            opset=opset,
+            cases=tuple(verification_inputs(c, geo, prompt_ids)) if verify else (),
+            upcast_attention=ckpt.upcast_attention and c == "unet",
+            threads=threads,
+        )
+        for c in COMPONENTS
+    }
+    # Handed over one by one and dropped once exported (the VAE serves two components); the
+    # U-Net is not among them: it is loaded where it is exported, perhaps in the helper.
+    vae = ckpt.modules.pop("vae")
+    modules = {"text_encoder": ckpt.modules.pop("text_encoder"), "vae_decoder": vae}
+    modules["vae_encoder"] = vae
+    del vae
+    entries: dict[str, ModelEntry] = {}
+    helper = None
+    bar = tqdm(total=len(COMPONENTS), desc="export", unit="model", disable=not progress)
+    try:
+        if workers > 1:
+            # The U-Net traces longest: a helper process takes it while this one does the rest.
+            try:
+                helper = Helper(jobs["unet"])
+            except OSError as e:  # no usable interpreter to start: export it here instead
+                warnings.warn(f"exporting in one process: {e}", RuntimeWarning, stacklevel=3)
+        for component in COMPONENTS:
+            if component == "unet" and helper is not None:
+                continue
+            bar.set_postfix_str(component)
+            load = functools.partial(modules.pop, component) if component in modules else None
+            entries[component] = _entry(run_job(jobs[component], load), verify)
+            bar.update(1)
+        # Hash the checkpoint while the helper may still be working.
+        source = {"checkpoint": checkpoint.resolve().name, "sha256": checkpoint_sha256(checkpoint)}
+        if helper is not None:
+            bar.set_postfix_str("unet")
+            entries["unet"] = _entry(helper.result(), verify)
+            bar.update(1)
+    finally:
+        bar.close()
+        if helper is not None:
+            helper.stop()
+    shutil.rmtree(root / SCRATCH, ignore_errors=True)
+    files = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.name != MANIFEST
+    )
+    manifest = Manifest(
+        model=ckpt.model,
+        scheduler=ckpt.scheduler,
+        tokenizer=tokenizer,
+        components={
+            c: Component(default=entries[c].precision, models={entries[c].precision: entries[c]})
+            for c in COMPONENTS
+        },
+        files={rel: file_record(root, rel) for rel in files},
+        source=source,
+    )
+    write_manifest(root, manifest)  # last: a folder with a manifest is a finished bundle
+    return manifest
+
+
+def export_checkpoint(
+    checkpoint_dir: str | os.PathLike,
+    bundle_dir: str | os.PathLike,
+    *,
+    fp16: bool = False,
+    fp16_vae: bool = False,
+    opset: int = 18,
+    force: bool = False,
+    verify: bool = True,
+    progress: bool = True,
+    workers: int | None = None,
+) -> Manifest:
+    """Export a diffusers SD checkpoint folder to a verified ONNX bundle folder, all or nothing."""
+    from edgediff.export.checkpoint import check_checkpoint
+
+    checkpoint, bundle = Path(checkpoint_dir), Path(bundle_dir)
+    _check_destination(bundle, force)
+    check_checkpoint(checkpoint)  # the cheap checks, before any folder is created
+    if workers is None:
+        workers = 2 if _available_cpus() >= 2 else 1
+    with _staging(bundle, force) as tmp:
+        manifest = _export_into(
+            tmp,
+            checkpoint,
+            fp16=fp16,
+            fp16_vae=fp16_vae,
+            opset=opset,
+            verify=verify,
+            progress=progress,
+            workers=workers,
+        )
+    if not verify:
+        warnings.warn(
+            f"the bundle '{bundle}' was written without checking it against PyTorch",
+            UserWarning,
+            stacklevel=2,
+        )
+    return manifest

@@ -1,0 +1,236 @@
+"""The four exported components: thin torch wrappers, their I/O contract, example and test inputs.
+
+The I/O names follow optimum's ONNX Stable Diffusion export so other tools can load a bundle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+
+# torch.export specialises dims whose example size is 1, so examples use batch 2; diffusers'
+# Upsample2D branches on `batch >= 64`, which a bounded batch Dim decides at trace time (the
+# branch only adds a .contiguous(), so the exported graph is valid for any batch).
+EXAMPLE_BATCH = 2
+MAX_TRACE_BATCH = 32
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The sizes that shape every component's inputs."""
+
+    latent_channels: int
+    unet_factor: int  # latents must be a multiple of this (2 ** number of U-Net downsamplings)
+    vae_factor: int  # pixels per latent
+    sample_size: int  # the U-Net's default latent size
+    max_length: int  # text tokens, static
+    cross_dim: int  # text embedding width the U-Net attends to
+
+    @property
+    def default_latent(self) -> int:
+        """The default latent size rounded down to a multiple the U-Net accepts."""
+        return max(self.unet_factor, self.sample_size // self.unet_factor * self.unet_factor)
+
+    def other_latent(self) -> tuple[int, int]:
+        """A second, non-square latent size (height, width) for verification."""
+        f = self.unet_factor
+        return max(f, self.default_latent // 2 // f * f), self.default_latent + f
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """Input and output names of a component's ONNX graph and the names of its dynamic axes."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dims: dict[str, dict[int, str]]
+
+
+_BHW = {0: "batch", 2: "height", 3: "width"}
+_LATENT = {0: "batch", 2: "latent_height", 3: "latent_width"}
+
+IO: dict[str, IOSpec] = {
+    "text_encoder": IOSpec(
+        ("input_ids",),
+        ("last_hidden_state", "pooler_output"),
+        {
+            "input_ids": {0: "batch"},
+            "last_hidden_state": {0: "batch"},
+            "pooler_output": {0: "batch"},
+        },
+    ),
+    "unet": IOSpec(
+        ("sample", "timestep", "encoder_hidden_states"),
+        ("out_sample",),
+        {"sample": _BHW, "encoder_hidden_states": {0: "batch"}, "out_sample": _BHW},
+    ),
+    "vae_decoder": IOSpec(
+        ("latent_sample",), ("sample",), {"latent_sample": _LATENT, "sample": _BHW}
+    ),
+    "vae_encoder": IOSpec(
+        ("sample",), ("latent_parameters",), {"sample": _BHW, "latent_parameters": _LATENT}
+    ),
+}
+
+# Which checkpoint sub-folder each component's torch module comes from.
+SOURCE = {
+    "text_encoder": "text_encoder",
+    "unet": "unet",
+    "vae_decoder": "vae",
+    "vae_encoder": "vae",
+}
+
+
+class TextEncoderWrapper(torch.nn.Module):
+    """CLIPTextModel -> (last_hidden_state, pooler_output)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode token ids."""
+        out = self.model(input_ids=input_ids, return_dict=True)
+        return out.last_hidden_state, out.pooler_output
+
+
+class UNetWrapper(torch.nn.Module):
+    """UNet2DConditionModel -> noise (or v) prediction; one float timestep for the whole batch."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        """Predict for a batch of latents at one timestep."""
+        return self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class VaeDecoderWrapper(torch.nn.Module):
+    """AutoencoderKL.decode: latents (already divided by scaling_factor) -> images, ~[-1, 1]."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, latent_sample: torch.Tensor) -> torch.Tensor:
+        """Decode latents."""
+        return self.model.decode(latent_sample, return_dict=False)[0]
+
+
+class VaeEncoderWrapper(torch.nn.Module):
+    """AutoencoderKL.encode: images -> the diagonal Gaussian's parameters (mean, logvar)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        """Encode images."""
+        return self.model.encode(sample, return_dict=False)[0].parameters
+
+
+_WRAPPERS = {
+    "text_encoder": TextEncoderWrapper,
+    "unet": UNetWrapper,
+    "vae_decoder": VaeDecoderWrapper,
+    "vae_encoder": VaeEncoderWrapper,
+}
+
+
+def wrap(component: str, model: torch.nn.Module) -> torch.nn.Module:
+    """The export wrapper of `component` around its loaded torch module, in eval mode."""
+    return _WRAPPERS[component](model.eval()).eval()
+
+
+def dynamic_shapes(component: str, geo: Geometry) -> dict[str, Any]:
+    """torch.export dynamic shapes: batch and spatial axes free (multiples where needed)."""
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1, max=MAX_TRACE_BATCH)
+    if component == "text_encoder":
+        return {"input_ids": {0: batch}}
+    if component == "unet":
+        # The U-Net concatenates skip connections, so latents must divide by its downsampling.
+        h, w = Dim("latent_h", min=1), Dim("latent_w", min=1)
+        sample = {0: batch, 2: geo.unet_factor * h, 3: geo.unet_factor * w}
+        return {"sample": sample, "timestep": None, "encoder_hidden_states": {0: batch}}
+    if component == "vae_decoder":
+        latent = {0: batch, 2: Dim("latent_height", min=1), 3: Dim("latent_width", min=1)}
+        return {"latent_sample": latent}
+    h, w = Dim("latent_height", min=1), Dim("latent_width", min=1)
+    return {"sample": {0: batch, 2: geo.vae_factor * h, 3: geo.vae_factor * w}}
+
+
+def example_inputs(component: str, geo: Geometry) -> tuple[torch.Tensor, ...]:
+    """Inputs to trace with: batch 2 and distinct odd spatial factors, so no axis specialises."""
+    b, c = EXAMPLE_BATCH, geo.latent_channels
+    if component == "text_encoder":
+        return (torch.zeros(b, geo.max_length, dtype=torch.int64),)
+    if component == "unet":
+        f = geo.unet_factor
+        return (
+            torch.randn(b, c, 3 * f, 5 * f),
+            torch.tensor([500.0]),
+            torch.randn(b, geo.max_length, geo.cross_dim),
+        )
+    if component == "vae_decoder":
+        return (torch.randn(b, c, 3, 5),)
+    return (torch.rand(b, 3, 3 * geo.vae_factor, 5 * geo.vae_factor) * 2 - 1,)
+
+
+def sample_inputs(
+    component: str,
+    geo: Geometry,
+    batch: int,
+    latent_hw: tuple[int, int],
+    seed: int,
+    input_ids: np.ndarray | None = None,
+    timestep: float = 500.0,
+) -> dict[str, np.ndarray]:
+    """Named numpy inputs for one check of `component` (text encoder: pass tokenized ids)."""
+    rng = np.random.default_rng(seed)
+    c, (h, w) = geo.latent_channels, latent_hw
+    if component == "text_encoder":
+        if input_ids is None:
+            raise ValueError("the text encoder is checked on tokenized prompts: pass input_ids")
+        return {"input_ids": np.asarray(input_ids, dtype=np.int64)}
+    if component == "unet":
+        return {
+            "sample": rng.standard_normal((batch, c, h, w), dtype=np.float32),
+            "timestep": np.array([timestep], dtype=np.float32),
+            "encoder_hidden_states": rng.standard_normal(
+                (batch, geo.max_length, geo.cross_dim), dtype=np.float32
+            ),
+        }
+    if component == "vae_decoder":
+        return {"latent_sample": rng.standard_normal((batch, c, h, w), dtype=np.float32)}
+    shape = (batch, 3, h * geo.vae_factor, w * geo.vae_factor)
+    return {"sample": rng.uniform(-1.0, 1.0, shape).astype(np.float32)}
+
+
+# Prompts for the text encoder's checks: ordinary, empty, and longer than any max_length.
+VERIFY_PROMPTS = (
+    ("a red circle at the top left",),
+    ("", "a photo of an astronaut riding a horse on a mountain lake at sunset " * 8, "blue square"),
+)
+
+
+def verification_inputs(
+    component: str, geo: Geometry, prompt_ids: list[np.ndarray]
+) -> list[dict[str, np.ndarray]]:
+    """The two checks export runs: batch 1 at the default size, batch 3 at another size."""
+    default = (geo.default_latent, geo.default_latent)
+    return [
+        sample_inputs(component, geo, 1, default, seed=1, input_ids=prompt_ids[0], timestep=981.0),
+        sample_inputs(
+            component, geo, 3, geo.other_latent(), seed=2, input_ids=prompt_ids[1], timestep=21.0
+        ),
+    ]
