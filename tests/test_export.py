@@ -256,6 +256,21 @@ def test_tokenizer_json_encodes_like_transformers(bundles, checkpoints, preset):
     assert all(len(ids) == tok.max_length for ids in ours)
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_bundle_has_vocab_and_merges_for_transformers4(bundles, checkpoints, preset):
+    # transformers 4's CLIPTokenizer (optimum's ONNX pipelines load it) reads only these two.
+    from transformers import CLIPTokenizer
+
+    folder = bundles[preset] / "tokenizer"
+    files = Bundle.open(bundles[preset]).manifest.tokenizer.original_files
+    assert {"tokenizer/vocab.json", "tokenizer/merges.txt"} <= set(files)
+    from_files = CLIPTokenizer(
+        vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt")
+    )
+    reference = CLIPTokenizer.from_pretrained(checkpoints[preset] / "tokenizer")
+    assert from_files(PROMPTS).input_ids == reference(PROMPTS).input_ids
+
+
 # ------------------------------------------------------------------ refusals and failures
 
 

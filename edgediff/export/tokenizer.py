@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,28 @@ def encode_like_transformers(
     ]
 
 
+def _write_vocab_and_merges(tokenizer_json: Path, skip: set[str]) -> list[str]:
+    """vocab.json + merges.txt from tokenizer.json's BPE model, where the checkpoint lacks them.
+
+    transformers 5 saves only tokenizer.json, but transformers 4's CLIPTokenizer (which optimum's
+    ONNX pipelines load) reads vocab.json and merges.txt.
+    """
+    model = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]
+    if model.get("type") != "BPE":
+        return []
+    written = []
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    files = {
+        "vocab.json": json.dumps(model["vocab"], ensure_ascii=False),
+        "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
+    }
+    for name, text in files.items():
+        if f"tokenizer/{name}" not in skip:
+            atomic_write_text(tokenizer_json.parent / name, text)
+            written.append(f"tokenizer/{name}")
+    return written
+
+
 def write_tokenizer(
     tokenizer: Any, source_dir: Path, bundle_root: Path, max_length: int
 ) -> TokenizerConfig:
@@ -82,6 +105,7 @@ def write_tokenizer(
             with atomic_path(out.parent / src.name) as tmp:
                 shutil.copyfile(src, tmp)
             originals.append(f"tokenizer/{src.name}")
+    originals += _write_vocab_and_merges(out, skip=set(originals))
     prompts = list(CHECK_PROMPTS)
     if encode_like_runtime(out, prompts, max_length, pad_id) != encode_like_transformers(
         tokenizer, prompts, max_length
