@@ -13,6 +13,7 @@ Graph inputs and outputs stay float32 so the runtime feeds every precision the s
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -119,7 +120,7 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
     graph.node.extend(nodes[i] for i in order)
 
 
-def _detached(nodes) -> list:
+def _detached(nodes: Iterable[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """Copies of repeated-field messages that stay valid after the field is cleared."""
     import onnx
 
@@ -131,7 +132,7 @@ def _detached(nodes) -> list:
     return copies
 
 
-def _stable_topological(nodes: list, produced_by: dict[str, int]) -> list[int]:
+def _stable_topological(nodes: list[onnx.NodeProto], produced_by: dict[str, int]) -> list[int]:
     """Depth-first order that keeps each node's original position unless an input comes later."""
     placed: set[int] = set()
     order: list[int] = []
