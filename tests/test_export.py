@@ -264,9 +264,7 @@ def test_bundle_has_vocab_and_merges_for_transformers4(bundles, checkpoints, pre
     folder = bundles[preset] / "tokenizer"
     files = Bundle.open(bundles[preset]).manifest.tokenizer.original_files
     assert {"tokenizer/vocab.json", "tokenizer/merges.txt"} <= set(files)
-    from_files = CLIPTokenizer(
-        vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt")
-    )
+    from_files = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"))
     reference = CLIPTokenizer.from_pretrained(checkpoints[preset] / "tokenizer")
     assert from_files(PROMPTS).input_ids == reference(PROMPTS).input_ids
 
@@ -483,28 +481,34 @@ def test_force_replaces_a_bundle_and_no_verify_records_none(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 
-def test_external_data_goes_to_one_file(monkeypatch, tiny_bundle, tmp_path):
-    """Above the 2 GB limit weights go to model.onnx.data; forced here with a 0-byte threshold."""
+def test_external_data_goes_to_one_file(monkeypatch, tiny_bundle, checkpoints, tmp_path):
+    """Above 2 GB weights go to one model.onnx.data; forced here with a 0-byte threshold."""
     import onnx_ir as ir
 
     from edgediff.export import fp16, onnx_export
 
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
-    source = tiny_bundle / "text_encoder" / "model.onnx"
-    out = tmp_path / "fp32" / "model.onnx"
-    out.parent.mkdir()
-    files = onnx_export.save_ir(ir.load(source), out)
-    assert files == (out.with_name("model.onnx.data"),)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
-    onnx_export.check_model(out)
+    source = tiny_bundle / "unet" / "model.onnx"
+    in_memory = tmp_path / "in-memory" / "model.onnx"
+    in_memory.parent.mkdir()
+    assert fp16.convert_to_fp16(source, in_memory) == ()  # small: one file
 
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
+    fp32 = tmp_path / "fp32" / "model.onnx"
+    fp32.parent.mkdir()
+    assert onnx_export.save_ir(ir.load(source), fp32) == (fp32.with_name("model.onnx.data"),)
+    onnx_export.check_model(fp32)
+    # fp16 from a model with external data streams the weights instead of loading them.
     half = tmp_path / "fp16" / "model.onnx"
     half.parent.mkdir()
-    assert fp16.convert_to_fp16(out, half) == (half.with_name("model.onnx.data"),)
-    assert sorted(p.name for p in half.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert fp16.convert_to_fp16(fp32, half) == (half.with_name("model.onnx.data"),)
     onnx_export.check_model(half)
+    for folder in (fp32.parent, half.parent):
+        assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model.onnx.data"]
 
-    ids = {"input_ids": np.zeros((2, 77), dtype=np.int64)}
-    expected = cpu_session(source).run(None, ids)[0]
-    np.testing.assert_allclose(cpu_session(out).run(None, ids)[0], expected, rtol=0, atol=0)
-    assert tolerances.max_errors(cpu_session(half).run(None, ids)[0], expected)[1] < 1e-2
+    geo = load_checkpoint(checkpoints["tiny"]).geometry
+    inputs = sample_inputs("unet", geo, 2, (12, 10), seed=5)
+    expected = cpu_session(source).run(None, inputs)[0]
+    np.testing.assert_array_equal(cpu_session(fp32).run(None, inputs)[0], expected)
+    streamed = cpu_session(half).run(None, inputs)[0]
+    np.testing.assert_array_equal(streamed, cpu_session(in_memory).run(None, inputs)[0])
+    assert tolerances.max_errors(streamed, expected)[1] <= tolerances.EXPORT_REL_TOL["fp16"]

@@ -57,10 +57,11 @@ def _move_into_place(tmp: Path, bundle: Path, force: bool) -> None:
     try:
         os.rename(tmp, bundle)
     except BaseException:
+        # Put the old bundle back; if even that fails it stays recoverable in `old`.
         os.rename(old / bundle.name, bundle)
+        old.rmdir()
         raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
