@@ -20,6 +20,7 @@ DEFAULT_CORPUS = """
 a an the of on in at with and or big small large tiny red green blue yellow orange purple
 white black pink cyan magenta brown grey gray circle square triangle star cross diamond
 hexagon shape shapes left right top bottom center centre middle side corner upper lower
+little near to
 background photo picture image of an astronaut riding horse mountain lake sunset city
 """
 
