@@ -228,7 +228,7 @@ def sample(seed: int, index: int, held_out: str = "exclude") -> Sample:
 def batch(
     seed: int, start: int, size: int, held_out: str = "exclude"
 ) -> tuple[np.ndarray, list[Attributes], list[str]]:
-    """Samples start.. start+size-1: float32 [N, 3, 64, 64] images in [-1, 1], attributes, captions."""
+    """`size` samples from `start`: images (float32 [N, 3, 64, 64], -1..1), attributes, captions."""
     samples = [sample(seed, start + i, held_out) for i in range(size)]
     images = np.stack([s.image for s in samples]).astype(np.float32)
     images = images.transpose(0, 3, 1, 2) / 127.5 - 1.0
