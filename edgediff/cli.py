@@ -206,6 +206,44 @@ def random_checkpoint(out_dir, preset, seed, force) -> None:
     click.echo(f"wrote {out_dir} (preset {preset}, random weights)")
 
 
+@cli.command()
+@click.argument("stage", type=click.Choice(["all", "vae", "clip", "unet"]), default="all")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("out/shapes"),
+    show_default=True,
+    help="Run folder: resumable state in OUT/state, the result in OUT/checkpoint.",
+)
+@click.option(
+    "--preset",
+    default="shapes-64",
+    show_default=True,
+    help="shapes-64 (the shipped model, ~2 h on 2 cores) or shapes-quick (minutes, smoke test).",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed for weights, data and noise.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: all cores).")
+def train(stage, out_dir, preset, seed, threads) -> None:
+    """Train the tiny shapes model: VAE, then CLIP text encoder, then U-Net.
+
+    STAGE runs one stage (later stages need the earlier ones finished in the same --out).
+    Interrupt it at any time: the same command resumes from the last checkpoint. The result is
+    a diffusers checkpoint; `edgediff export OUT/checkpoint BUNDLE` makes it a bundle.
+    """
+    import torch
+
+    from edgediff.models.training.train import STAGES
+    from edgediff.models.training.train import train as run
+
+    if threads:
+        torch.set_num_threads(threads)
+    stages = STAGES if stage == "all" else (stage,)
+    checkpoint = run(out_dir, preset, seed=seed, stages=stages)
+    if checkpoint is not None:
+        click.echo(f"wrote {checkpoint}; next: edgediff export {checkpoint} BUNDLE_DIR")
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="edgediff")

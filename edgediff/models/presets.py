@@ -129,6 +129,47 @@ PRESETS: dict[str, Preset] = {
             max_text_length=32,
         ),
         Preset(
+            name="shapes",
+            description="the shipped shapes model: 64×64 images, 16×16×4 latents, 16-token "
+            "prompts, cross-attention at 8×8 and 4×4 (trained by `edgediff train`)",
+            unet=dict(
+                sample_size=16,
+                in_channels=4,
+                out_channels=4,
+                block_out_channels=(32, 64, 64),
+                layers_per_block=1,
+                # No attention at 16×16: it would double the step time for little gain here.
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                cross_attention_dim=64,
+                attention_head_dim=4,
+                norm_num_groups=16,
+            ),
+            vae=dict(
+                in_channels=3,
+                out_channels=3,
+                latent_channels=4,
+                block_out_channels=(16, 32, 64),
+                down_block_types=("DownEncoderBlock2D",) * 3,
+                up_block_types=("UpDecoderBlock2D",) * 3,
+                layers_per_block=1,
+                norm_num_groups=8,
+                sample_size=64,
+                mid_block_add_attention=False,
+                scaling_factor=1.0,  # measured after VAE training
+            ),
+            text_encoder=dict(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                max_position_embeddings=16,
+                hidden_act="quick_gelu",
+            ),
+            scheduler={**_SD_SCHEDULER, "timestep_spacing": "trailing"},
+            max_text_length=16,
+        ),
+        Preset(
             name="sd15",
             description="Stable Diffusion 1.5 sizes with random weights (860M-parameter U-Net)",
             unet=dict(
