@@ -105,3 +105,20 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
     assert got["losses"] == ref["losses"]
     for k, v in ref["state"]["vae"].items():
         assert torch.equal(v, got["state"]["vae"][k]), k
+
+
+def test_train_command_errors_are_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from edgediff.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path), "--preset", "nope"])
+    assert result.exit_code != 0
+    assert "unknown training preset 'nope'" in result.output and "shapes-64" in result.output
+    result = CliRunner().invoke(cli, ["train", "unet", "--out", str(tmp_path / "run")])
+    assert result.exit_code != 0
+    assert "needs the 'vae' stage" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(
+        cli, ["train", "vae", "--out", str(tmp_path / "run"), "--seed", "3"]
+    )
+    assert "holds a run with" in result.output  # another seed must not resume this run

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# The default scale, picked for the shipped shapes model on prompts `edgediff eval` does not
+# report (see README, "The shipped model").
+DEFAULT_GUIDANCE = 5.0
+
 
 def is_guided(guidance_scale: float) -> bool:
     """Guidance <= 1 needs no unconditional pass (w = 1 is the conditional model alone)."""

@@ -14,7 +14,7 @@ import numpy as np
 from edgediff.errors import BundleError, InputError
 from edgediff.runtime.backends import Backend, Session, get_backend
 from edgediff.runtime.bundle import Bundle
-from edgediff.runtime.guidance import guided, is_guided
+from edgediff.runtime.guidance import DEFAULT_GUIDANCE, guided, is_guided
 from edgediff.runtime.images import to_images, to_pil
 from edgediff.runtime.schedulers import DDIMScheduler
 from edgediff.runtime.tokenizer import PromptTokenizer
@@ -160,7 +160,7 @@ class Pipeline:
         prompt: str | Sequence[str],
         negative_prompt: str | Sequence[str] | None = None,
         num_inference_steps: int = 8,
-        guidance_scale: float = 5.0,
+        guidance_scale: float = DEFAULT_GUIDANCE,
         eta: float = 0.0,
         height: int | None = None,
         width: int | None = None,
