@@ -122,3 +122,26 @@ def test_train_command_errors_are_one_line(tmp_path):
         cli, ["train", "vae", "--out", str(tmp_path / "run"), "--seed", "3"]
     )
     assert "holds a run with" in result.output  # another seed must not resume this run
+
+
+def test_recipe_writes_a_checkpoint_diffusers_loads(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from edgediff.models.training.recipes import Recipe
+    from edgediff.models.training.train import train
+
+    micro = Recipe(
+        name="micro",
+        description="test",
+        preset="shapes",
+        vae=VaeRecipe(steps=2, batch_size=4),
+        clip=ClipRecipe(steps=2, batch_size=8),
+        unet=UnetRecipe(steps=2, batch_size=4, warmup=1),
+    )
+    checkpoint = train(tmp_path / "run", micro, seed=1, progress=False)
+    assert checkpoint == tmp_path / "run" / "checkpoint"
+    pipe = StableDiffusionPipeline.from_pretrained(checkpoint)
+    assert pipe.vae.config.scaling_factor != 1.0  # measured, not the preset's placeholder
+    assert pipe.tokenizer.model_max_length == 16
+    images = pipe("a big red circle on the left", num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 64, 64, 3)
