@@ -58,7 +58,7 @@ class Recipe:
     vae: VaeRecipe
     clip: ClipRecipe
     unet: UnetRecipe
-    seconds_per_step: tuple[float, float, float] = (0.4, 0.3, 0.7)
+    seconds_per_step: tuple[float, float, float] = (0.75, 0.4, 0.85)
 
     def estimated_seconds(self) -> float:
         """Rough wall time of the whole recipe on a 2-core machine."""
@@ -71,11 +71,11 @@ RECIPES: dict[str, Recipe] = {
     for r in [
         Recipe(
             name="shapes-64",
-            description="the shipped default model (about 75 minutes on 2 CPU cores)",
+            description="the shipped default model (about 2 hours on 2 CPU cores)",
             preset="shapes",
             vae=VaeRecipe(steps=1000),
             clip=ClipRecipe(steps=400),
-            unet=UnetRecipe(steps=4000),
+            unet=UnetRecipe(steps=7000),
         ),
         Recipe(
             name="shapes-quick",
