@@ -28,8 +28,19 @@ def _listing(folder: Path) -> list[str]:
 
 def _generate(bundle: Path, out: Path, *args: str):
     """Run `edgediff generate` in-process as a user would; return the click result."""
-    argv = ["generate", "a red circle", "--bundle", str(bundle), "--out", str(out),
-            "--steps", "1", "--seed", "0", *args]
+    argv = [
+        "generate",
+        "a red circle",
+        "--bundle",
+        str(bundle),
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+        "--seed",
+        "0",
+        *args,
+    ]
     return CliRunner().invoke(cli, argv)
 
 
@@ -84,11 +95,8 @@ def test_manifest_that_is_not_json(bundle_copy, tmp_path):
     _assert_clean_failure(result, "manifest.json", "not valid JSON", "edgediff export")
 
 
-@pytest.mark.parametrize(
-    "escape", ["../outside.bin", "/etc/passwd", "tokenizer/../../outside.bin"]
-)
-def test_manifest_path_leaving_the_bundle_is_refused_even_if_unused(bundle_copy, tmp_path,
-                                                                     escape):
+@pytest.mark.parametrize("escape", ["../outside.bin", "/etc/passwd", "tokenizer/../../outside.bin"])
+def test_manifest_path_leaving_the_bundle_is_refused_even_if_unused(bundle_copy, tmp_path, escape):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     # An extra file nothing loads: refused all the same, before anything is read.
     manifest["tokenizer"]["original_files"].append(escape)
@@ -115,17 +123,32 @@ def test_folder_without_manifest(tmp_path):
     _assert_clean_failure(result, "no manifest.json", "edgediff export")
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--height", "30"), ("--width", "66")])
-def test_size_not_a_multiple_of_the_vae_factor(tiny_bundle, tmp_path, flag, value):
+# 36 is a multiple of the VAE factor but gives 9 latent rows, which the U-Net cannot halve.
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--height", "30"), ("--width", "66"), ("--height", "36")]
+)
+def test_size_not_a_multiple_of_the_model_factors(tiny_bundle, tmp_path, flag, value):
     result = _generate(tiny_bundle, tmp_path / "image.png", flag, value)
-    _assert_clean_failure(result, f"{flag[2:]} {value}", "multiple of the VAE factor 4", "Use")
+    expected = "multiple of 8 (VAE factor 4 × U-Net factor 2)"
+    _assert_clean_failure(result, f"{flag[2:]} {value}", expected, "Use e.g.")
     assert not (tmp_path / "image.png").exists()
 
 
 @pytest.mark.parametrize("steps", ["0", "-3"])
 def test_steps_below_one(tiny_bundle, tmp_path, steps):
-    result = CliRunner().invoke(cli, ["generate", "x", "--bundle", str(tiny_bundle), "--out",
-                                      str(tmp_path / "i.png"), "--steps", steps])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "generate",
+            "x",
+            "--bundle",
+            str(tiny_bundle),
+            "--out",
+            str(tmp_path / "i.png"),
+            "--steps",
+            steps,
+        ],
+    )
     _assert_clean_failure(result, "num_inference_steps", ">= 1")
 
 
@@ -160,7 +183,9 @@ def test_pipeline_errors_are_typed(tiny_bundle):
 def test_cli_failure_in_a_real_process_has_no_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "edgediff.cli", "generate", "x", "--bundle", str(tmp_path / "no")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr

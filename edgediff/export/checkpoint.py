@@ -226,6 +226,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
             "max_position_embeddings",
         )
     vae_factor = 2 ** (len(vae.block_out_channels) - 1)
+    unet_factor = 2 ** (len(unet.block_out_channels) - 1)
     model = ModelConfig(
         latent_channels=int(vae.latent_channels),
         scaling_factor=float(vae.scaling_factor),
@@ -233,10 +234,11 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         sample_size=int(unet.sample_size),
         max_text_length=max_length,
         text_embed_dim=int(unet.cross_attention_dim),
+        unet_scale_factor=unet_factor,
     )
     geometry = Geometry(
         latent_channels=model.latent_channels,
-        unet_factor=2 ** (len(unet.block_out_channels) - 1),
+        unet_factor=unet_factor,
         vae_factor=vae_factor,
         sample_size=model.sample_size,
         max_length=max_length,

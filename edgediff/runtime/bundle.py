@@ -82,6 +82,13 @@ class ModelConfig:
     sample_size: int
     max_text_length: int
     text_embed_dim: int
+    # The U-Net halves the latent (levels - 1) times; graphs are traced for sizes it divides.
+    unet_scale_factor: int = 1
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this many pixels."""
+        return self.vae_scale_factor * self.unet_scale_factor
 
     @property
     def default_image_size(self) -> int:

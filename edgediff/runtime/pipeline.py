@@ -241,12 +241,14 @@ class Pipeline:
                 raise InputError(f"latents of shape {latents.shape} do not fit {height}x{width}")
         height = height or self.config.default_image_size
         width = width or self.config.default_image_size
+        m = self.config.size_multiple
         for name, value in (("height", height), ("width", width)):
-            if value <= 0 or value % f:
-                lower = max(f, value - value % f)
+            if value <= 0 or value % m:
+                lower = max(m, value - value % m)
                 raise InputError(
-                    f"{name} {value} is not a positive multiple of the VAE factor {f}",
-                    f"Use e.g. {lower} or {lower + f}",
+                    f"{name} {value} is not a positive multiple of {m} (VAE factor {f} × U-Net "
+                    f"factor {self.config.unet_scale_factor})",
+                    f"Use e.g. {lower} or {lower + m}",
                 )
         return height, width
 
