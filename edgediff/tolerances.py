@@ -17,6 +17,9 @@ PIPELINE_IMAGE_ATOL = 1e-3
 # numpy DDIM scheduler vs diffusers' DDIMScheduler, float64, one step.
 SCHEDULER_ATOL = 1e-6
 
+# Exported evaluator (ONNX Runtime) vs its PyTorch model: logits and features, absolute.
+EVALUATOR_ATOL = 1e-4
+
 
 def max_errors(actual, reference) -> tuple[float, float]:
     """(max abs error, max abs error relative to the reference's largest magnitude)."""

@@ -23,18 +23,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from edgediff.bench.evaluator import EVALUATOR_ONNX, INPUT_NAME, OUTPUT_NAMES
 from edgediff.errors import ExportError
 from edgediff.export.quiet import captured_output
 from edgediff.models import shapes
 from edgediff.runtime.files import atomic_path
+from edgediff.tolerances import EVALUATOR_ATOL
 
 FEATURE_DIM = 128
 WIDTHS = (24, 48, 96, 32)  # channels after each stride-2 block: 64 -> 32 -> 16 -> 8 -> 4 px
 HEAD_SIZES = {a: len(shapes.CHOICES[a]) for a in shapes.ATTRIBUTES}
-INPUT_NAME = "images"
-OUTPUT_NAMES = (*shapes.ATTRIBUTES, "features")
-VERIFY_ATOL = 1e-4
-SHIPPED_ONNX = Path(__file__).resolve().parent.parent / "assets" / "evaluator.onnx"
 FRESH_SEED = 10_000  # accuracy is measured on this seed's stream: train with any other
 
 # Augmentation: what a diffusion model's output looks like next to a rendered image.
@@ -246,9 +244,9 @@ def verify_export(
             if a.shape != b.shape:
                 raise ExportError(f"{path}: output {name} has shape {a.shape}, expected {b.shape}")
             worst = max(worst, float(np.abs(a - b).max()))
-    if not worst <= VERIFY_ATOL:
+    if not worst <= EVALUATOR_ATOL:
         raise ExportError(
-            f"{path} differs from the PyTorch evaluator by {worst:.3g} (allowed {VERIFY_ATOL})",
+            f"{path} differs from the PyTorch evaluator by {worst:.3g} (allowed {EVALUATOR_ATOL})",
             "Re-export; if it persists, export with dynamo=False",
         )
     return worst
@@ -270,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=SHIPPED_ONNX)
+    parser.add_argument("--out", type=Path, default=EVALUATOR_ONNX)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
     parser.add_argument("--eval-images", type=int, default=2000)
     args = parser.parse_args(argv)
