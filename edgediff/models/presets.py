@@ -276,14 +276,8 @@ def build_random_pipeline(preset: str | Preset, seed: int = 0):
     )
 
 
-def save_random_checkpoint(
-    preset: str, out_dir: str | Path, seed: int = 0, force: bool = False
-) -> Path:
-    """Write a random-weight checkpoint in the diffusers folder layout (safetensors)."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise InputError(f"'{out}' exists and is not empty", "Choose a new folder or pass --force")
-    pipeline = build_random_pipeline(preset, seed)
+def save_pipeline(pipeline, out: Path) -> Path:
+    """Save a diffusers pipeline (safetensors) to `out`, replacing it only once complete."""
     # Written beside the target and swapped in, so an interrupted run never leaves half a folder.
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)
@@ -295,4 +289,15 @@ def save_random_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return out
+
+
+def save_random_checkpoint(
+    preset: str, out_dir: str | Path, seed: int = 0, force: bool = False
+) -> Path:
+    """Write a random-weight checkpoint in the diffusers folder layout (safetensors)."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise InputError(f"'{out}' exists and is not empty", "Choose a new folder or pass --force")
+    save_pipeline(build_random_pipeline(preset, seed), out)
     return out

@@ -84,7 +84,7 @@ RECIPES: dict[str, Recipe] = {
             vae=VaeRecipe(steps=60, batch_size=32),
             clip=ClipRecipe(steps=40, batch_size=64),
             unet=UnetRecipe(steps=120, batch_size=32, warmup=20),
-            seconds_per_step=(0.2, 0.15, 0.3),
+            seconds_per_step=(0.4, 0.3, 0.45),
         ),
     ]
 }

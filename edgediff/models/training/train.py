@@ -8,14 +8,11 @@ stage is done. Re-running the same command after a kill resumes where it stopped
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from edgediff.errors import InputError
-from edgediff.models.presets import build_random_pipeline, get_preset
+from edgediff.models.presets import build_random_pipeline, get_preset, save_pipeline
 from edgediff.models.training.loop import DONE_FILE
 from edgediff.models.training.recipes import Recipe, get_recipe
 
@@ -109,7 +106,7 @@ def train(
     if "unet" not in stages:
         return None
     torch.set_grad_enabled(False)
-    return _save_checkpoint(pipe, final)
+    return save_pipeline(pipe, final)
 
 
 def _load_finished(stage_dir: Path, name: str, module) -> None:
@@ -118,17 +115,3 @@ def _load_finished(stage_dir: Path, name: str, module) -> None:
     saved = torch.load(stage_dir / DONE_FILE, weights_only=False)["state"]
     key = "vae" if name == "vae" else "text_encoder"
     module.load_state_dict(saved[key])
-
-
-def _save_checkpoint(pipe, final: Path) -> Path:
-    """Write the pipeline beside `final` and move it into place once complete."""
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.tmp-", dir=final.parent))
-    try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
