@@ -37,8 +37,9 @@ def pipelines(checkpoints, bundles):
 @pytest.mark.parametrize("preset", list(SIZES))
 @pytest.mark.parametrize("size_index", [0, 1], ids=["default-size", "other-size"])
 @pytest.mark.parametrize(("prompts", "negative", "guidance", "per_prompt"), CASES)
-def test_images_equal_diffusers(pipelines, preset, size_index, prompts, negative, guidance,
-                                per_prompt):
+def test_images_equal_diffusers(
+    pipelines, preset, size_index, prompts, negative, guidance, per_prompt
+):
     reference, pipe = pipelines[preset]
     height, width = SIZES[preset][size_index]
     f = pipe.config.vae_scale_factor

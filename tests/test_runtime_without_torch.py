@@ -40,7 +40,9 @@ SCRIPT = textwrap.dedent(
 
 def test_generate_with_torch_unimportable(tiny_bundle):
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tiny_bundle)], capture_output=True, text=True,
+        [sys.executable, "-c", SCRIPT, str(tiny_bundle)],
+        capture_output=True,
+        text=True,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
