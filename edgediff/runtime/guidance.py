@@ -6,7 +6,7 @@ import numpy as np
 
 # The default scale, picked for the shipped shapes model on prompts `edgediff eval` does not
 # report (see README, "The shipped model").
-DEFAULT_GUIDANCE = 5.0
+DEFAULT_GUIDANCE = 3.0
 
 
 def is_guided(guidance_scale: float) -> bool:
