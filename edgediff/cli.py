@@ -39,11 +39,11 @@ def cli() -> None:
 
     \b
     Typical flow:
-      edgediff generate "a big red circle on the left"   # the shipped model
-      edgediff train                                # train the shapes model (~2 h on 2 cores)
-      edgediff export CHECKPOINT_DIR BUNDLE_DIR     # PyTorch -> verified ONNX bundle
+      edgediff generate "a big red circle on the left"# the shipped model
+      edgediff train                                 # train the shapes model (~2 h on 2 cores)
+      edgediff export CHECKPOINT_DIR BUNDLE_DIR      # PyTorch -> verified ONNX bundle
       edgediff generate "a red circle" --bundle BUNDLE_DIR
-      edgediff eval BUNDLE_DIR                      # does it draw what prompts say?
+      edgediff eval BUNDLE_DIR                       # does it draw what prompts say?
       edgediff info BUNDLE_DIR
     """
     handler = logging.StreamHandler(sys.stderr)
