@@ -39,7 +39,7 @@ def cli() -> None:
 
     \b
     Typical flow:
-      edgediff generate "a big red circle on the left"# the shipped model
+      edgediff generate "a big red circle on the left"  # the shipped model
       edgediff train                                 # train the shapes model (~2 h on 2 cores)
       edgediff export CHECKPOINT_DIR BUNDLE_DIR      # PyTorch -> verified ONNX bundle
       edgediff generate "a red circle" --bundle BUNDLE_DIR
