@@ -52,8 +52,6 @@ def train(
     progress: bool = True,
 ) -> Path | None:
     """Run `stages` of the recipe (resuming); return the checkpoint folder once all are done."""
-    import torch
-
     from edgediff.models.training.clip import retrieval_accuracy, train_clip
     from edgediff.models.training.unet import train_unet
     from edgediff.models.training.vae import reconstruction_psnr, train_vae
@@ -105,7 +103,6 @@ def train(
         return None
     if "unet" not in stages:
         return None
-    torch.set_grad_enabled(False)
     return save_pipeline(pipe, final)
 
 
