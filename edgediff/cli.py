@@ -173,14 +173,18 @@ def generate(
 
 
 @cli.command()
-@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.argument("bundle_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--no-verify", is_flag=True, help="Skip checking every file's sha256.")
 def info(bundle_dir, no_verify) -> None:
-    """Print a bundle's manifest as tables and check every file's hash."""
+    """Print a bundle's manifest as tables and check every file's hash.
+
+    BUNDLE_DIR defaults to the model shipped with edgediff.
+    """
     from edgediff.runtime.bundle import Bundle
     from edgediff.runtime.bundle_info import format_bundle
+    from edgediff.runtime.pipeline import default_bundle
 
-    bundle = Bundle.open(bundle_dir)
+    bundle = Bundle.open(default_bundle() if bundle_dir is None else bundle_dir)
     if not no_verify:
         bundle.verify()
     click.echo(format_bundle(bundle))

@@ -47,6 +47,9 @@ def test_generate_and_eval_use_the_shipped_model_by_default(tmp_path):
     assert result.exit_code == 0, result.output
     image = np.asarray(Image.open(out))
     assert image.shape == (64, 64, 3)
+    result = CliRunner().invoke(cli, ["info"])
+    assert result.exit_code == 0, result.output
+    assert "files match their sha256" in result.output
     result = CliRunner().invoke(cli, ["eval", "--prompts", "8", "--held-out", "4", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{") :])

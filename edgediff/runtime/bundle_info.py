@@ -40,7 +40,11 @@ def format_bundle(bundle: Bundle) -> str:
             "source",
             f"{m.source.get('checkpoint', '?')} (sha256 {str(m.source.get('sha256', '?'))[:12]})",
         ],
-        ["default image", f"{cfg.default_image_size}x{cfg.default_image_size}"],
+        [
+            "default image",
+            f"{cfg.default_image_size}x{cfg.default_image_size} "
+            f"(sides: multiples of {cfg.size_multiple})",
+        ],
         [
             "latents",
             f"{cfg.latent_channels} ch, 1/{cfg.vae_scale_factor} size, scale {cfg.scaling_factor}",
