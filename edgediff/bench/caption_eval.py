@@ -1,6 +1,6 @@
 """Does a bundle draw what its prompt says? Generate from shapes captions, read the images back
 with the evaluator, and score each attribute; KID on the evaluator's features against real
-images of the same captions. numpy + onnxruntime only.
+images drawn independently from the same distribution. numpy + onnxruntime only.
 """
 
 from __future__ import annotations
@@ -105,6 +105,15 @@ def evaluate(
     """Scores for `prompts` training-combination captions and `held_out` held-out-pair ones."""
     from tqdm.auto import tqdm
 
+    from edgediff.errors import InputError
+
+    size = pipeline.config.default_image_size
+    if size != shapes.IMAGE_SIZE:
+        raise InputError(
+            f"this bundle makes {size}×{size} images; the evaluator reads {shapes.IMAGE_SIZE}×"
+            f"{shapes.IMAGE_SIZE} captioned shapes",
+            "Evaluate a shapes model (the shipped one, or one made by `edgediff train`)",
+        )
     sets = {"seen pairs": (prompts, False)}
     if held_out:
         sets["held-out pairs"] = (held_out, True)
