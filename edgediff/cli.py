@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -46,6 +47,8 @@ def cli() -> None:
       edgediff eval BUNDLE_DIR                       # does it draw what prompts say?
       edgediff info BUNDLE_DIR
     """
+    # transformers announces at import that torchvision is absent (edgediff never needs it).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_WarningFormatter())
     logger = logging.getLogger("edgediff")
