@@ -9,7 +9,6 @@ never having stopped.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+
+from edgediff.runtime.files import atomic_path
 
 STATE_FILE = "state.pt"
 DONE_FILE = "done.pt"
@@ -78,9 +79,8 @@ class Stage:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _snapshot(stage: Stage, step: int, losses: list[float]) -> dict[str, Any]:
