@@ -15,6 +15,7 @@ from edgediff.errors import InputError
 from edgediff.models.presets import build_random_pipeline, get_preset, save_pipeline
 from edgediff.models.training.loop import DONE_FILE
 from edgediff.models.training.recipes import Recipe, get_recipe
+from edgediff.runtime.files import atomic_write_text
 
 STAGES = ("vae", "clip", "unet")
 
@@ -31,8 +32,7 @@ def _check_run(state_dir: Path, recipe: Recipe, seed: int) -> None:
                 "Pass the same --preset and --seed to resume it, or choose another --out",
             )
     else:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(wanted))
+        atomic_write_text(record, json.dumps(wanted))
 
 
 def _require(state_dir: Path, stage: str, needs: tuple[str, ...]) -> None:
@@ -99,8 +99,7 @@ def train(
             r.unet, state_dir / "unet", seed, progress,
         )  # fmt: skip
     print(f"{', '.join(stages)}: {(time.perf_counter() - began) / 60:.1f} min")
-    if not all((state_dir / s / DONE_FILE).exists() for s in STAGES):
-        return None
+    # The U-Net stage is last, so only a process that ran it holds every trained weight.
     if "unet" not in stages:
         return None
     return save_pipeline(pipe, final)
