@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from edgediff.runtime import Pipeline
 from edgediff.runtime.guidance import DEFAULT_GUIDANCE
+from edgediff.runtime.images import to_uint8
 
 PROMPTS = [
     "a big red circle on the left",
@@ -32,7 +32,7 @@ def grid(bundle: str | None, seeds: int, scale: int) -> Image.Image:
     for row, prompt in enumerate(PROMPTS):
         images = pipe(prompt, num_images_per_prompt=seeds, seed=row, output_type="np")
         for col, image in enumerate(images):
-            tile = Image.fromarray(np.rint(image * 255).astype(np.uint8))
+            tile = Image.fromarray(to_uint8(image))
             canvas.paste(
                 tile.resize((cell, cell), Image.Resampling.NEAREST),
                 (label_w + col * cell, row * cell),

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgediff.models import shapes
+from edgediff.runtime.images import to_uint8
 
 # Prompt seeds: settings (steps, guidance) were chosen on TUNING_SEED; reports use EVAL_SEED,
 # so the reported prompts were never used to pick anything.
@@ -50,7 +51,7 @@ def generate_for(
             seed=seed * _NOISE_SEED_OFFSET + start,
             output_type="np",
         )
-        out.append(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8))
+        out.append(to_uint8(images))
         if progress is not None:
             progress(len(chunk))
     return np.concatenate(out)
