@@ -13,9 +13,7 @@ writes edgediff/assets/evaluator.onnx by default (1500 steps: 100 % on every att
 from __future__ import annotations
 
 import argparse
-import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +21,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from edgediff.bench.evaluator import EVALUATOR_ONNX, INPUT_NAME, OUTPUT_NAMES
+from edgediff.bench.evaluator import EVALUATOR_ONNX, INPUT_NAME, OUTPUT_NAMES, Evaluator
+from edgediff.bench.metrics import attribute_accuracy
 from edgediff.errors import ExportError
 from edgediff.export.quiet import captured_output
 from edgediff.models import shapes
+from edgediff.models.training.loop import cosine_lr
 from edgediff.runtime.files import atomic_path
 from edgediff.tolerances import EVALUATOR_ATOL
 
@@ -120,13 +120,9 @@ def train_evaluator(
     model = EvaluatorNet()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     warmup = max(1, min(100, steps // 20))
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_lr(step, steps, warmup, floor=0.0)
+    )
     model.train()
     bar = tqdm(range(steps), desc="evaluator", disable=not progress, dynamic_ncols=True)
     for step in bar:
@@ -145,36 +141,12 @@ def train_evaluator(
     return model.eval()
 
 
-def torch_predict(model: EvaluatorNet) -> Callable[[np.ndarray], list[np.ndarray]]:
-    """A numpy-in, numpy-out view of `model` (eval mode): images -> [colour, shape, size, pos]."""
-
-    def predict(images: np.ndarray) -> list[np.ndarray]:
-        model.eval()
-        with torch.no_grad():
-            outputs = model(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
-        return [o.numpy() for o in outputs[:4]]
-
-    return predict
-
-
 def accuracy_on_fresh_images(
-    predict: Callable[[np.ndarray], list[np.ndarray]],
-    n: int = 2000,
-    seed: int = FRESH_SEED,
-    batch_size: int = 250,
+    evaluator: Evaluator, n: int = 2000, seed: int = FRESH_SEED
 ) -> dict[str, float]:
     """Share read right per attribute (and 'all' four) on `n` images of the stream for `seed`."""
-    right = np.zeros((n, len(shapes.ATTRIBUTES)), dtype=bool)
-    for start in range(0, n, batch_size):
-        size = min(batch_size, n - start)
-        images, attrs, _ = shapes.batch(seed, start, size, held_out="include")
-        logits = predict(images)
-        truth = np.asarray([a.label_indices() for a in attrs])
-        for i, scores in enumerate(logits[: len(shapes.ATTRIBUTES)]):
-            right[start : start + size, i] = np.asarray(scores).argmax(axis=1) == truth[:, i]
-    result = {a: float(right[:, i].mean()) for i, a in enumerate(shapes.ATTRIBUTES)}
-    result["all"] = float(right.all(axis=1).mean())
-    return result
+    images, attrs, _ = shapes.batch(seed, 0, n, held_out="include")
+    return attribute_accuracy(evaluator.read(images), attrs)
 
 
 def _dynamic_shapes() -> dict[str, dict[int, object]]:
@@ -221,18 +193,7 @@ def verify_export(
     model: EvaluatorNet, path: Path, n: int = 64, seed: int = FRESH_SEED + 1
 ) -> float:
     """Max |difference| of ONNX Runtime vs PyTorch outputs on `n` fresh images; raise if too big."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
-    if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
-        raise ExportError(
-            f"{path} has inputs {inputs} and outputs {outputs}, "
-            f"expected [{INPUT_NAME!r}] and {list(OUTPUT_NAMES)}"
-        )
+    session = Evaluator.load(path).session  # checks the input and output names
     images, _, _ = shapes.batch(seed, 0, n, held_out="include")
     # Odd batch sizes too: the batch axis must really be dynamic.
     worst = 0.0
@@ -286,14 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         f"({path.stat().st_size / 1e6:.2f} MB), ONNX Runtime matches PyTorch"
     )
 
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    accuracy = accuracy_on_fresh_images(
-        lambda x: session.run(list(shapes.ATTRIBUTES), {INPUT_NAME: x}),
-        n=args.eval_images,
-        seed=FRESH_SEED,
-    )
+    accuracy = accuracy_on_fresh_images(Evaluator.load(path), args.eval_images, FRESH_SEED)
     print(f"accuracy of {path} on {args.eval_images} fresh images (seed {FRESH_SEED}):")
     for name, value in accuracy.items():
         print(f"  {name:<9} {100 * value:6.2f} %")
