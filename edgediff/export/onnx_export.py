@@ -41,6 +41,7 @@ def export_graph(wrapper: torch.nn.Module, component: str, geo: Geometry, opset:
         )
     model = program.model
     _optimize(model)
+    _name_nodes_by_module(model)
     _strip_metadata(model)
     _rename_weights(model)
     _rename_dims(model, component)
@@ -80,6 +81,33 @@ def _all_values(graph: ir.Graph) -> list[ir.Value]:
     for node in ir.traversal.RecursiveGraphIterator(graph):
         values.extend(v for v in node.outputs if v is not None)
     return values
+
+
+_NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def _name_nodes_by_module(model: ir.Model) -> None:
+    """Name each node after the module that made it (`mid_block.attentions.0.proj_in/Conv`).
+
+    Quantisation reports per-layer sensitivity and `--keep` takes layer names; torch's own
+    names (`node_linear_12`) would mean nothing to a user. Unique within the graph.
+    """
+    import ast
+
+    import onnx_ir as ir
+
+    taken: dict[str, int] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        scopes = node.metadata_props.get(_NAME_SCOPES)
+        if not scopes:
+            continue
+        # [..., 'model.mid_block.attentions.0.proj_in', 'conv2d_16']: the last is the fx node.
+        modules = [s for s in ast.literal_eval(scopes)[:-1] if s.startswith(_WRAPPER_PREFIX)]
+        module = modules[-1][len(_WRAPPER_PREFIX) :] if modules else "graph"
+        base = f"{module}/{node.op_type}"
+        count = taken.get(base, 0)
+        taken[base] = count + 1
+        node.name = base if count == 0 else f"{base}_{count}"
 
 
 def _strip_metadata(model: ir.Model) -> None:
