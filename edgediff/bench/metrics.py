@@ -1,4 +1,4 @@
-"""Metrics over evaluator readings: per-attribute accuracy and Kernel Inception Distance (numpy)."""
+"""Metrics (numpy): paired PSNR, and over evaluator readings per-attribute accuracy and KID."""
 
 from __future__ import annotations
 
@@ -11,6 +11,31 @@ from edgediff.models.shapes import ATTRIBUTES, Attributes
 
 if TYPE_CHECKING:
     from edgediff.bench.evaluator import Readings
+
+
+def psnr(actual: np.ndarray, reference: np.ndarray, peak: float | None = None) -> float:
+    """Peak signal-to-noise ratio in dB of `actual` against `reference`; inf when equal.
+
+    `peak` defaults to the reference's range (max - min): latents have no natural peak, and
+    their range is what an error must be small against. Images in [0, 1] use peak 1.
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if actual.shape != reference.shape:
+        raise ValueError(f"shapes differ: {actual.shape} vs {reference.shape}")
+    mse = float(np.mean((actual - reference) ** 2))
+    if mse == 0.0:
+        return float("inf")
+    if peak is None:
+        peak = float(reference.max() - reference.min())
+    return 10.0 * float(np.log10(peak**2 / mse))
+
+
+def paired_psnr(actual: np.ndarray, reference: np.ndarray, peak: float | None = None) -> float:
+    """Mean over samples (axis 0) of each sample's PSNR against its own reference, in dB."""
+    if len(actual) != len(reference):
+        raise ValueError(f"{len(actual)} samples against {len(reference)} references")
+    return float(np.mean([psnr(a, r, peak) for a, r in zip(actual, reference, strict=True)]))
 
 
 def attribute_accuracy(readings: Readings, targets: Sequence[Attributes]) -> dict[str, float]:

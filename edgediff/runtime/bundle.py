@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -57,6 +57,8 @@ class ModelEntry:
     outputs: tuple[TensorSpec, ...]
     external_data: tuple[str, ...] = ()
     verification: Verification | None = None
+    # For Q/DQ models: quantiser, settings, layers kept in float, measured accuracy.
+    quantization: dict[str, Any] | None = None
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -107,6 +109,26 @@ class TokenizerConfig:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Component inputs recorded while the fp32 pipeline sampled calibration prompts."""
+
+    prompts: int
+    prompts_sha256: str
+    steps: int
+    guidance: float
+    seed: int
+    batch_size: int
+    timesteps: tuple[int, ...]
+    # component -> input name -> .npy file holding every recorded call, stacked on axis 0.
+    inputs: dict[str, dict[str, str]]
+
+    @property
+    def files(self) -> list[str]:
+        """Every array file of the recording."""
+        return [f for arrays in self.inputs.values() for f in arrays.values()]
+
+
+@dataclass(frozen=True)
 class FileRecord:
     """Size and hash of one file in the bundle."""
 
@@ -125,6 +147,7 @@ class Manifest:
     files: dict[str, FileRecord]
     source: dict[str, Any] = field(default_factory=dict)
     engines: tuple[dict[str, Any], ...] = ()
+    calibration: Calibration | None = None
     edgediff_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -141,6 +164,8 @@ class Manifest:
         for component in self.components.values():
             for entry in component.models.values():
                 paths.extend(entry.files)
+        if self.calibration is not None:
+            paths.extend(self.calibration.files)
         for engine in self.engines:
             for key in ("file", "onnx"):
                 if isinstance(engine.get(key), str):
@@ -182,7 +207,20 @@ def _model_entry(d: Any, where: str) -> ModelEntry:
         verification=None
         if ver is None
         else Verification(**{**ver, "shapes": tuple(ver.get("shapes", ()))}),
+        quantization=d.get("quantization"),
     )
+
+
+def _calibration(d: Any) -> Calibration | None:
+    if d is None:
+        return None
+    try:
+        return Calibration(**{**d, "timesteps": tuple(d["timesteps"])})
+    except (TypeError, KeyError) as e:
+        raise BundleError(
+            f"manifest.json: calibration record is malformed ({e})",
+            "Record it again with `edgediff calibrate BUNDLE --force`",
+        ) from None
 
 
 def parse_manifest(data: Any) -> Manifest:
@@ -233,6 +271,7 @@ def parse_manifest(data: Any) -> Manifest:
         files=files,
         source=data.get("source", {}),
         engines=tuple(data.get("engines", ())),
+        calibration=_calibration(data.get("calibration")),
         edgediff_version=data.get("edgediff_version", "unknown"),
         format_version=version,
     )
@@ -348,6 +387,11 @@ def file_record(root: str | os.PathLike, rel: str) -> FileRecord:
     """Hash and size of a written bundle file, for the manifest's file table."""
     path = Path(root) / rel
     return FileRecord(sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
+def with_files(manifest: Manifest, root: str | os.PathLike, rels: list[str]) -> Manifest:
+    """The manifest with these written files (re)hashed into its file table."""
+    return replace(manifest, files={**manifest.files, **{r: file_record(root, r) for r in rels}})
 
 
 def write_manifest(root: str | os.PathLike, manifest: Manifest) -> None:

@@ -49,3 +49,26 @@ def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(final: str | os.PathLike, text: str) -> None:
     """Write UTF-8 text to `final` all-or-nothing."""
     atomic_write_bytes(final, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_model_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Like atomic_path, for an ONNX file that may bring `<name>.data` (external weights).
+
+    The model is written under its final name in a temporary folder beside `final`, because
+    the graph refers to its data file by name; on success the data file moves first, so a
+    crash never leaves a model whose weights are missing.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        yield staging / final.name
+        data = staging / (final.name + ".data")
+        if data.exists():
+            os.replace(data, final.with_name(data.name))
+        os.replace(staging / final.name, final)
+    finally:
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()

@@ -23,6 +23,16 @@ from edgediff.runtime.tokenizer import PromptTokenizer
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "assets" / "default-bundle"
 
 OUTPUT_TYPES = ("pil", "np", "latent")
+PIPELINE_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+
+
+def _entry(bundle: Bundle, component: str, precision: str | None):
+    """The model a precision loads: the U-Net must have it; other components use it if they
+    have it (quantisation pays off mostly in the U-Net) and their default otherwise."""
+    if precision is None or component == "unet":
+        return bundle.model(component, precision)
+    models = bundle.manifest.components[component].models
+    return models[precision] if precision in models else bundle.model(component)
 
 
 def default_bundle() -> Path:
@@ -89,15 +99,16 @@ class Pipeline:
         precision: str | None = None,
         verify: bool = True,
     ) -> Pipeline:
-        """Open a bundle (the shipped default if None), check its hashes, load each component."""
+        """Open a bundle (the shipped default if None), check its hashes, load each component.
+
+        `precision` ("fp32", "fp16", "int8", "fp8") picks the U-Net's model, and each other
+        component's where it has one; None loads each component's default.
+        """
         if not isinstance(bundle, Bundle):
             bundle = Bundle.open(default_bundle() if bundle is None else bundle)
         manifest = bundle.manifest
         backend = get_backend(backend) if isinstance(backend, str) else backend
-        entries = {
-            name: bundle.model(name, precision if name == "unet" else None)
-            for name in ("text_encoder", "unet", "vae_decoder")
-        }
+        entries = {name: _entry(bundle, name, precision) for name in PIPELINE_COMPONENTS}
         if verify:
             used = [manifest.tokenizer.file] + [f for e in entries.values() for f in e.files]
             bundle.verify(used)

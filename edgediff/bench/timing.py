@@ -1,0 +1,32 @@
+"""Latency of backend calls: warm-up first, then the median and p90 of timed runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Seconds per call over timed runs (warm-up runs excluded)."""
+
+    median: float
+    p90: float
+    runs: int
+
+
+def measure_latency(call: Callable[[], object], runs: int = 20, warmup: int = 3) -> Latency:
+    """Time `call()` `runs` times after `warmup` untimed calls."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    for _ in range(warmup):
+        call()
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - start)
+    return Latency(float(np.median(seconds)), float(np.percentile(seconds, 90)), runs)
