@@ -45,6 +45,9 @@ def cli() -> None:
       edgediff export CHECKPOINT_DIR BUNDLE_DIR      # PyTorch -> verified ONNX bundle
       edgediff generate "a red circle" --bundle BUNDLE_DIR
       edgediff eval BUNDLE_DIR                       # does it draw what prompts say?
+      edgediff calibrate BUNDLE_DIR                  # record real inputs for quantisation
+      edgediff quantize BUNDLE_DIR --precision int8  # Q/DQ models, measured mixed precision
+      edgediff generate "a red circle" --bundle BUNDLE_DIR --precision int8
       edgediff info BUNDLE_DIR
     """
     # transformers announces at import that torchvision is absent (edgediff never needs it).
@@ -122,6 +125,12 @@ def _output_paths(out: Path, count: int) -> list[Path]:
     "--backend", default="ort-cpu", show_default=True, help="ort-cpu, ort-cuda or ort-trt."
 )
 @click.option(
+    "--precision",
+    default=None,
+    help="fp32, fp16, int8 or fp8: the U-Net's model (and others' where the bundle has one). "
+    "Default: each component's default.",
+)
+@click.option(
     "--out",
     type=click.Path(path_type=Path),
     default=Path("image.png"),
@@ -130,7 +139,20 @@ def _output_paths(out: Path, count: int) -> list[Path]:
 )
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def generate(
-    prompt, bundle, steps, guidance, negative, seed, height, width, count, eta, backend, out, force
+    prompt,
+    bundle,
+    steps,
+    guidance,
+    negative,
+    seed,
+    height,
+    width,
+    count,
+    eta,
+    backend,
+    precision,
+    out,
+    force,
 ) -> None:
     """Generate images for PROMPT and write them as PNG (parameters in a PNG text chunk)."""
     from edgediff.runtime import Pipeline
@@ -143,7 +165,7 @@ def generate(
     if existing and not force:
         raise EdgediffError(f"'{existing[0]}' already exists", "Pass --force or choose --out")
     seed = secrets.randbelow(2**31) if seed is None else seed
-    pipe = Pipeline.load(bundle, backend=backend)
+    pipe = Pipeline.load(bundle, backend=backend, precision=precision)
     images = pipe(
         prompt,
         negative_prompt=negative,
@@ -167,6 +189,7 @@ def generate(
         "width": images[0].width,
         "bundle": str(pipe.bundle.root),
         "backend": backend,
+        "precision": precision or "default",
         "edgediff": __version__,
     }
     for i, (image, path) in enumerate(zip(images, paths, strict=True)):
@@ -232,8 +255,11 @@ def random_checkpoint(out_dir, preset, seed, force) -> None:
     help="Prompt and noise seed (settings were picked on seed 1, so 0 is unseen).",
 )
 @click.option("--backend", default="ort-cpu", show_default=True, help="ort-cpu, ort-cuda, ort-trt.")
+@click.option("--precision", default=None, help="fp32, int8, ... (as for generate).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def evaluate(bundle_dir, prompts, held_out, steps, guidance, seed, backend, as_json) -> None:
+def evaluate(
+    bundle_dir, prompts, held_out, steps, guidance, seed, backend, precision, as_json
+) -> None:
     """Score a shapes bundle: does it draw what the caption says?
 
     Generates from captions like "a big red circle on the left", reads colour, shape, size and
@@ -251,14 +277,130 @@ def evaluate(bundle_dir, prompts, held_out, steps, guidance, seed, backend, as_j
 
     if prompts < 1 or held_out < 0:
         raise InputError("--prompts must be at least 1 and --held-out at least 0", "Fix the counts")
-    pipeline = Pipeline.load(bundle_dir, backend=backend)
+    pipeline = Pipeline.load(bundle_dir, backend=backend, precision=precision)
     scores = run(pipeline, Evaluator.load(), prompts, held_out, steps, guidance, seed)
     if as_json:
-        settings = {"steps": steps, "guidance": guidance, "seed": seed}
+        settings = {"steps": steps, "guidance": guidance, "seed": seed, "precision": precision}
         click.echo(json.dumps({"settings": settings, **scores_as_dict(scores)}, indent=2))
     else:
-        click.echo(f"{steps} DDIM steps, guidance {guidance}, seed {seed}")
+        click.echo(
+            f"{steps} DDIM steps, guidance {guidance}, seed {seed}, precision "
+            f"{precision or 'default'}"
+        )
         click.echo(format_scores(scores))
+
+
+@cli.command()
+@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--prompts",
+    "prompts_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Text file, one prompt per line (default: 64 shapes captions shipped with edgediff, "
+    "none of them an `edgediff eval` prompt). Use prompts from your model's domain.",
+)
+@click.option("--steps", default=8, show_default=True, help="DDIM steps, as you will generate.")
+@click.option(
+    "--guidance", default=DEFAULT_GUIDANCE, show_default=True, help="CFG scale, as you will use."
+)
+@click.option("--samples", default=32, show_default=True, help="Prompts sampled (cycled).")
+@click.option("--batch-size", default=4, show_default=True, help="Prompts per pipeline call.")
+@click.option("--seed", default=0, show_default=True, help="Noise seed: same seed, same data.")
+@click.option("--force", is_flag=True, help="Record again over existing calibration data.")
+def calibrate(bundle_dir, prompts_file, steps, guidance, samples, batch_size, seed, force) -> None:
+    """Record real component inputs for quantisation into BUNDLE_DIR.
+
+    Samples the bundle's own fp32 pipeline and keeps every U-Net input (latents, timestep,
+    text embeddings; both classifier-free-guidance halves) at every planned timestep, and the
+    text encoder's and VAE decoder's inputs, under BUNDLE_DIR/calibration/. Calibrate with the
+    steps and guidance you will generate with: activations differ along the trajectory.
+    """
+    from edgediff.calibration.capture import calibrate as run
+    from edgediff.calibration.prompts import read_prompts
+
+    record = run(
+        bundle_dir,
+        read_prompts(prompts_file),
+        samples=samples,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        batch_size=batch_size,
+        force=force,
+        progress=True,
+    )
+    click.echo(
+        f"recorded {', '.join(record.inputs)} inputs of {record.prompts} samples x "
+        f"{record.steps} steps (timesteps {', '.join(map(str, record.timesteps))}) "
+        f"in {bundle_dir}/calibration"
+    )
+    click.echo(f"next: edgediff quantize {bundle_dir} --precision int8")
+
+
+@cli.command()
+@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--precision",
+    type=click.Choice(["int8", "fp8"]),
+    default="int8",
+    show_default=True,
+    help="int8 (CPUs, every TensorRT GPU, Jetson) or fp8 E4M3 (TensorRT on Ada/Hopper).",
+)
+@click.option(
+    "--components",
+    default="unet",
+    show_default=True,
+    help="Comma-separated: unet, text_encoder, vae_decoder.",
+)
+@click.option(
+    "--keep",
+    default="auto",
+    show_default=True,
+    help="Layers left in float: auto (fewest most sensitive that meet --target-psnr), "
+    "none, or comma-separated layer names from the sensitivity table.",
+)
+@click.option(
+    "--target-psnr",
+    default=30.0,
+    show_default=True,
+    help="dB of final latents (images for the VAE decoder) against fp32, for --keep auto.",
+)
+@click.option(
+    "--probe-prompts",
+    default=8,
+    show_default=True,
+    help="Calibration prompts sampled to measure each trial.",
+)
+@click.option("--force", is_flag=True, help="Replace a quantised model the bundle already has.")
+def quantize(bundle_dir, precision, components, keep, target_psnr, probe_prompts, force) -> None:
+    """Write Q/DQ INT8 or FP8 models of a calibrated bundle's components.
+
+    Weights are per-channel, activations per-tensor, symmetric (TensorRT's explicit
+    quantisation). With --keep auto each layer is first quantised alone and scored by the PSNR
+    of the pipeline's final output against fp32 on real trajectories; then the most sensitive
+    layers stay in float, fewest first, until the whole model meets --target-psnr. Writes
+    COMPONENT/model.PRECISION.onnx and COMPONENT/sensitivity.PRECISION.json; generate with
+    `edgediff generate --precision PRECISION --bundle BUNDLE_DIR`.
+    """
+    from edgediff.calibration.quantize_bundle import (
+        format_results,
+        parse_components,
+        parse_keep,
+        quantize_bundle,
+    )
+
+    results = quantize_bundle(
+        bundle_dir,
+        precision,
+        parse_components(components),
+        parse_keep(keep),
+        target_psnr=target_psnr,
+        probe_prompts=probe_prompts,
+        force=force,
+        progress=True,
+    )
+    click.echo(format_results(results, target_psnr))
 
 
 @cli.command()

@@ -1,0 +1,319 @@
+"""`edgediff quantize`: Q/DQ models of a bundle's components, with measured mixed precision.
+
+For each component: calibrate on the recorded inputs, find the layers whose quantisation
+costs the most (sensitivity along real trajectories), keep the fewest of them in float that
+bring the whole model to the target PSNR, write `<component>/model.<precision>.onnx` and its
+sensitivity table beside it, and list both in the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from edgediff.calibration.capture import calibration_prompts, calibration_record
+from edgediff.calibration.quantize import (
+    Quantizer,
+    QuantSettings,
+    RecordedInputs,
+    quantizer_version,
+    settings_for,
+)
+from edgediff.calibration.sensitivity import (
+    KeepSearch,
+    LayerScore,
+    as_json,
+    choose_keep,
+    layer_groups,
+    layer_sensitivity,
+    make_probe,
+    measure,
+    quantizable_nodes,
+    resolve_keep,
+)
+from edgediff.errors import BundleError, InputError
+from edgediff.runtime.bundle import Bundle, Component, with_files, write_manifest
+from edgediff.runtime.files import atomic_model_path, atomic_write_text
+from edgediff.runtime.pipeline import Pipeline
+
+QUANTIZABLE = ("unet", "text_encoder", "vae_decoder")
+DEFAULT_TARGET_PSNR = 30.0
+DEFAULT_PROBE_PROMPTS = 8
+_PROBE_SEED_OFFSET = 1  # probes sample other noise than the calibration did
+
+
+@dataclass(frozen=True)
+class ComponentResult:
+    """What quantising one component wrote and measured."""
+
+    component: str
+    file: str
+    external_data: tuple[str, ...]
+    kept: list[str]
+    psnr_db: float
+    met_target: bool
+    fp32_bytes: int
+    bytes: int
+    fp32_seconds: float
+    seconds: float
+    sensitivity: list[LayerScore] | None
+
+    @property
+    def size_ratio(self) -> float:
+        """Quantised file size over fp32."""
+        return self.bytes / self.fp32_bytes
+
+    @property
+    def speedup(self) -> float:
+        """fp32 latency over quantised latency, one call on ONNX Runtime CPU."""
+        return self.fp32_seconds / self.seconds
+
+
+def parse_components(text: str) -> list[str]:
+    """'unet,text_encoder' -> names, each checked."""
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    for name in names:
+        if name not in QUANTIZABLE:
+            raise InputError(
+                f"unknown component '{name}'", f"Quantisable components: {', '.join(QUANTIZABLE)}"
+            )
+    if not names:
+        raise InputError("no component named", f"Name some of: {', '.join(QUANTIZABLE)}")
+    return names
+
+
+def parse_keep(text: str) -> str | list[str]:
+    """'auto', 'none' or a comma-separated list of layer names."""
+    if text in ("auto", "none"):
+        return text
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise InputError("--keep names no layer", "Use auto, none, or layer names")
+    return names
+
+
+def quantize_bundle(
+    bundle_dir: str | Path,
+    precision: str,
+    components: list[str],
+    keep: str | list[str] = "auto",
+    target_psnr: float = DEFAULT_TARGET_PSNR,
+    probe_prompts: int = DEFAULT_PROBE_PROMPTS,
+    force: bool = False,
+    progress: bool = False,
+) -> list[ComponentResult]:
+    """Quantise `components` of a calibrated bundle; write models, tables and the manifest."""
+    settings = settings_for(precision)
+    bundle = Bundle.open(bundle_dir)
+    for component in components:
+        _check_can_quantize(bundle, component, precision, force)
+    if probe_prompts < 1:
+        raise InputError(f"--probe-prompts must be >= 1, got {probe_prompts}")
+    pipeline = Pipeline.load(bundle, precision="fp32")
+    results = [
+        _quantize_component(
+            bundle, pipeline, component, settings, keep, target_psnr, probe_prompts, progress
+        )
+        for component in components
+    ]
+    _record(bundle, settings, results, target_psnr)
+    return results
+
+
+def _quantize_component(
+    bundle: Bundle,
+    pipeline: Pipeline,
+    component: str,
+    settings: QuantSettings,
+    keep: str | list[str],
+    target_psnr: float,
+    probe_prompts: int,
+    progress: bool,
+) -> ComponentResult:
+    calibration = bundle.manifest.calibration
+    probe = make_probe(
+        pipeline,
+        component,
+        calibration_prompts(bundle)[:probe_prompts],
+        calibration.seed + _PROBE_SEED_OFFSET,
+        calibration.steps,
+        calibration.guidance,
+    )
+    fp32 = bundle.path(bundle.model(component, "fp32").file)
+    groups = layer_groups(quantizable_nodes(fp32))
+    if keep not in ("auto", "none"):
+        resolve_keep(list(keep), groups)  # fail before any work if a name is wrong
+    inputs = RecordedInputs(calibration_record(bundle, component))
+    with (
+        Quantizer(fp32, inputs, settings) as quantizer,
+        tempfile.TemporaryDirectory(prefix="edgediff-trial-") as tmp,
+    ):
+        trial = Path(tmp) / "trial.onnx"
+
+        def score(keep_nodes: list[str] = (), only: list[str] | None = None) -> float:
+            quantizer.write(trial, keep=keep_nodes, only=only)
+            return measure(pipeline, component, trial, probe)
+
+        ranked = None
+        if keep == "auto":
+            ranked = layer_sensitivity(groups, lambda nodes: score(only=nodes), progress)
+            search = choose_keep(
+                ranked, lambda layers: score(resolve_keep(layers, groups)), target_psnr, progress
+            )
+        else:
+            layers = [] if keep == "none" else list(keep)
+            db = score(resolve_keep(layers, groups))
+            search = KeepSearch(layers, db, db >= target_psnr, [{"keep": layers, "psnr_db": db}])
+        return _write(
+            bundle,
+            pipeline,
+            component,
+            quantizer,
+            search,
+            ranked,
+            resolve_keep(search.keep, groups),
+            inputs,
+            target_psnr,
+        )
+
+
+def _check_can_quantize(bundle: Bundle, component: str, precision: str, force: bool) -> None:
+    comp = bundle.manifest.components.get(component)
+    if comp is None:
+        raise BundleError(f"the bundle has no {component}", "Quantise components it has")
+    if "fp32" not in comp.models:
+        raise BundleError(
+            f"the bundle's {component} has no fp32 model to quantise",
+            "Export the checkpoint without --fp16 and quantise that bundle",
+        )
+    if precision in comp.models and not force:
+        raise BundleError(
+            f"the bundle already has a {precision} {component}",
+            "Pass --force to quantise it again (the old model is replaced once the new one "
+            "is written)",
+        )
+    calibration_record(bundle, component)  # a clear error if nothing was recorded
+
+
+def _write(
+    bundle: Bundle,
+    pipeline: Pipeline,
+    component: str,
+    quantizer: Quantizer,
+    search: KeepSearch,
+    ranked: list[LayerScore] | None,
+    kept_nodes: list[str],
+    inputs: RecordedInputs,
+    target_psnr: float,
+) -> ComponentResult:
+    """Write the final model and its sensitivity table; measure size and latency."""
+    from edgediff.bench.timing import measure_latency
+
+    precision = quantizer.settings.precision
+    rel = f"{component}/model.{precision}.onnx"
+    # The same keep list quantises to the same model the search scored: no second measurement.
+    with atomic_model_path(bundle.path(rel)) as tmp:
+        quantizer.write(tmp, keep=kept_nodes)
+    data = rel + ".data"
+    external = (data,) if bundle.path(data).exists() else ()
+    feeds = inputs.feeds(0)
+    fp32_session = pipeline.sessions[component]
+    quantized_session = pipeline.backend.load(bundle.path(rel))
+    fp32_latency = measure_latency(lambda: fp32_session.run(feeds), runs=10)
+    quantized_latency = measure_latency(lambda: quantized_session.run(feeds), runs=10)
+    table = {
+        "component": component,
+        "precision": precision,
+        "target_psnr_db": target_psnr,
+        "psnr_db": search.psnr_db,
+        "kept": list(search.keep),
+        "layers": as_json(ranked) if ranked is not None else None,
+        "keep_search": search.trials,
+    }
+    atomic_write_text(
+        bundle.path(sensitivity_file(component, precision)), json.dumps(table, indent=2) + "\n"
+    )
+    return ComponentResult(
+        component=component,
+        file=rel,
+        external_data=external,
+        kept=list(search.keep),
+        psnr_db=search.psnr_db,
+        met_target=search.met_target,
+        fp32_bytes=sum(
+            bundle.path(f).stat().st_size for f in bundle.model(component, "fp32").files
+        ),
+        bytes=sum(bundle.path(f).stat().st_size for f in (rel, *external)),
+        fp32_seconds=fp32_latency.median,
+        seconds=quantized_latency.median,
+        sensitivity=ranked,
+    )
+
+
+def sensitivity_file(component: str, precision: str) -> str:
+    """Where a component's sensitivity table and keep search are saved in the bundle."""
+    return f"{component}/sensitivity.{precision}.json"
+
+
+def _record(
+    bundle: Bundle, settings: QuantSettings, results: list[ComponentResult], target_psnr: float
+) -> None:
+    """List the new models and tables in the manifest (written last: it commits them)."""
+    manifest = bundle.manifest
+    components = dict(manifest.components)
+    written = []
+    for r in results:
+        fp32 = bundle.model(r.component, "fp32")
+        table = sensitivity_file(r.component, settings.precision)
+        entry = replace(
+            fp32,
+            file=r.file,
+            precision=settings.precision,
+            external_data=r.external_data,
+            verification=None,
+            quantization={
+                "quantizer": quantizer_version(),
+                "settings": asdict(settings),
+                "calibration_prompts_sha256": manifest.calibration.prompts_sha256,
+                "kept_in_float": r.kept,
+                "psnr_db": r.psnr_db,
+                "target_psnr_db": target_psnr,
+                "measured_on": "final latents" if r.component != "vae_decoder" else "images",
+                "sensitivity": table,
+            },
+        )
+        comp = components[r.component]
+        components[r.component] = Component(
+            comp.default, {**comp.models, settings.precision: entry}
+        )
+        written += [r.file, *r.external_data, table]
+    manifest = replace(manifest, components=components)
+    write_manifest(bundle.root, with_files(manifest, bundle.root, written))
+
+
+def format_results(results: list[ComponentResult], target_psnr: float) -> str:
+    """Per component: sensitivity table, then one summary row each."""
+    from edgediff.calibration.sensitivity import format_table
+
+    parts = []
+    for r in results:
+        if r.sensitivity is not None:
+            parts.append(
+                f"{r.component}: PSNR with one layer quantised alone\n"
+                + format_table(r.sensitivity, r.kept)
+            )
+    header = f"{'component':<14}{'PSNR':>9}{'size':>8}{'speed':>8}  kept in float"
+    rows = [header]
+    for r in results:
+        flag = "" if r.met_target else f" (below the {target_psnr:g} dB target)"
+        rows.append(
+            f"{r.component:<14}{r.psnr_db:>6.1f} dB{r.size_ratio:>7.2f}x{r.speedup:>7.2f}x  "
+            f"{', '.join(r.kept) or '-'}{flag}"
+        )
+    rows.append(
+        "PSNR: paired, final latents (images for vae_decoder) vs fp32; size: file vs fp32; "
+        "speed: one call, fp32 time / quantised time, ONNX Runtime CPU"
+    )
+    return "\n\n".join([*parts, "\n".join(rows)])
