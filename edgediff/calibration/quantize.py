@@ -1,9 +1,10 @@
 """Q/DQ models through ONNX Runtime's static quantiser, fed from recorded calibration data.
 
 Weights are quantised per output channel, activations per tensor, both symmetric: TensorRT's
-explicit quantisation takes only zero points of 0. Only the inputs of Conv, MatMul and Gemm
-get Q/DQ pairs (the ops INT8/FP8 kernels exist for, in ONNX Runtime and TensorRT alike), and
-biases stay float, because TensorRT has no INT32 dequantisation and fuses a float bias itself.
+explicit quantisation takes only zero points of 0. Q/DQ pairs sit only at the inputs of Conv,
+MatMul and Gemm (the ops INT8/FP8 kernels exist for, in ONNX Runtime and TensorRT alike) and
+at Conv outputs (ONNX Runtime's QDQ Conv pattern; TensorRT fuses it into the convolution).
+Biases stay float: TensorRT has no INT32 dequantisation and fuses a float bias itself.
 
 FP8 (E4M3) activation scales are amax / 448 from the same min/max calibration INT8 uses, the
 convention TensorRT's FP8 tooling follows. ONNX Runtime's own FP8 path accepts only its
@@ -42,6 +43,7 @@ class QuantSettings:
     per_channel: bool = True
     symmetric: bool = True
     quantize_bias: bool = False
+    op_types: tuple[str, ...] = QUANTIZED_OPS
 
     def ort_arguments(self) -> dict[str, Any]:
         """Keyword arguments for onnxruntime.quantization.quantize_static."""
@@ -53,11 +55,14 @@ class QuantSettings:
             "weight_type": getattr(QuantType, self.quant_type),
             "calibrate_method": getattr(CalibrationMethod, self.calibrate_method),
             "per_channel": self.per_channel,
-            "op_types_to_quantize": list(QUANTIZED_OPS),
+            "op_types_to_quantize": list(self.op_types),
             "extra_options": {
                 "ActivationSymmetric": self.symmetric,
                 "WeightSymmetric": self.symmetric,
                 "QuantizeBias": self.quantize_bias,
+                # A tensor feeding a Conv and an Add gets its own Q/DQ pair for the Conv; the
+                # Add keeps reading float, so DQ outputs feed only quantised ops.
+                "DedicatedQDQPair": True,
             },
         }
 
