@@ -13,6 +13,7 @@ import click
 from edgediff import __version__
 from edgediff.errors import EdgediffError, InputError
 from edgediff.runtime.guidance import DEFAULT_GUIDANCE
+from edgediff.tolerances import QUANT_TARGET_PSNR_DB
 
 
 class _Group(click.Group):
@@ -362,7 +363,7 @@ def calibrate(bundle_dir, prompts_file, steps, guidance, samples, batch_size, se
 )
 @click.option(
     "--target-psnr",
-    default=30.0,
+    default=QUANT_TARGET_PSNR_DB,
     show_default=True,
     help="dB of final latents (images for the VAE decoder) against fp32, for --keep auto.",
 )

@@ -1,9 +1,9 @@
 """Q/DQ models through ONNX Runtime's static quantiser, fed from recorded calibration data.
 
 Weights are quantised per output channel, activations per tensor, both symmetric: TensorRT's
-explicit quantisation takes only zero points of 0. Q/DQ pairs sit only at the inputs of Conv,
-MatMul and Gemm (the ops INT8/FP8 kernels exist for, in ONNX Runtime and TensorRT alike) and
-at Conv outputs (ONNX Runtime's QDQ Conv pattern; TensorRT fuses it into the convolution).
+explicit quantisation takes only zero points of 0. Q/DQ pairs sit only on the inputs and
+outputs of Conv, MatMul and Gemm (the ops INT8/FP8 kernels exist for, in ONNX Runtime and
+TensorRT alike; an output pair lets the op write INT8 and TensorRT fuses it into the op).
 Biases stay float: TensorRT has no INT32 dequantisation and fuses a float bias itself.
 
 FP8 (E4M3) activation scales are amax / 448 from the same min/max calibration INT8 uses, the

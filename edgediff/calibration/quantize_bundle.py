@@ -37,9 +37,10 @@ from edgediff.errors import BundleError, InputError
 from edgediff.runtime.bundle import Bundle, Component, with_files, write_manifest
 from edgediff.runtime.files import atomic_model_path, atomic_write_text
 from edgediff.runtime.pipeline import Pipeline
+from edgediff.tolerances import QUANT_TARGET_PSNR_DB
 
 QUANTIZABLE = ("unet", "text_encoder", "vae_decoder")
-DEFAULT_TARGET_PSNR = 30.0
+DEFAULT_TARGET_PSNR = QUANT_TARGET_PSNR_DB
 DEFAULT_PROBE_PROMPTS = 8
 _PROBE_SEED_OFFSET = 1  # probes sample other noise than the calibration did
 
@@ -190,7 +191,7 @@ def _check_can_quantize(bundle: Bundle, component: str, precision: str, force: b
         )
     if precision in comp.models and not force:
         raise BundleError(
-            f"the bundle already has a {precision} {component}",
+            f"the bundle's {component} is already quantised to {precision}",
             "Pass --force to quantise it again (the old model is replaced once the new one "
             "is written)",
         )
