@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -16,6 +17,7 @@ from edgediff.cli import cli
 from edgediff.runtime import Bundle, Pipeline
 from edgediff.runtime.guidance import DEFAULT_GUIDANCE
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE
+from edgediff.tolerances import QUANT_TARGET_PSNR_DB
 
 MAX_BYTES = 25 * 2**20
 
@@ -29,14 +31,24 @@ def test_shipped_bundle_passes_its_hashes_and_is_small():
     assert bundle.manifest.model.size_multiple == 16
 
 
-def test_pipeline_load_without_arguments_draws_what_prompts_say():
-    pipe = Pipeline.load()
+@pytest.mark.parametrize("precision", [None, "int8"])
+def test_pipeline_load_without_arguments_draws_what_prompts_say(precision):
+    pipe = Pipeline.load(precision=precision)
     attrs = eval_prompts(24, seed=123)
     images = generate_for(pipe, attrs, steps=8, guidance=DEFAULT_GUIDANCE, seed=123)
     assert images.shape == (24, 64, 64, 3)
     acc = attribute_accuracy(Evaluator.load().read(images), attrs)
     # Far above chance (12.5 % colour, 20 % position); the full measurement is `edgediff eval`.
     assert acc["colour"] >= 0.6 and acc["position"] >= 0.5, acc
+
+
+def test_shipped_int8_unet_records_how_it_was_made():
+    bundle = Bundle.open(DEFAULT_BUNDLE)
+    record = bundle.manifest.calibration
+    assert record is not None and record.steps == 8 and record.guidance == DEFAULT_GUIDANCE
+    quantization = bundle.model("unet", "int8").quantization
+    assert quantization["psnr_db"] >= QUANT_TARGET_PSNR_DB
+    assert quantization["sensitivity"] in bundle.manifest.files
 
 
 def test_generate_and_eval_use_the_shipped_model_by_default(tmp_path):
