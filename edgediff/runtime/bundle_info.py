@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgediff.runtime.bundle import Bundle, TensorSpec
+from edgediff.runtime.bundle import Bundle, ModelEntry, TensorSpec
 
 
 def _table(header: list[str] | None, rows: list[list[str]]) -> str:
@@ -27,6 +27,23 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def _check(entry: ModelEntry) -> str:
+    """How a model was checked: export verification against PyTorch, or quantisation PSNR."""
+    v, q = entry.verification, entry.quantization
+    if v is not None:
+        return (
+            f"vs PyTorch: {'ok' if v.passed else 'FAILED'} abs {v.max_abs_error:.1e} "
+            f"rel {v.max_rel_error:.1e} (tol {v.rel_tolerance:.0e})"
+        )
+    if q is not None:
+        kept = len(q.get("kept_in_float", []))
+        return (
+            f"vs fp32: {q['psnr_db']:.1f} dB PSNR of {q.get('measured_on', 'outputs')}, "
+            f"{kept} layer{'s' * (kept != 1)} kept in float"
+        )
+    return "not verified"
 
 
 def format_bundle(bundle: Bundle) -> str:
@@ -59,19 +76,19 @@ def format_bundle(bundle: Bundle) -> str:
             ),
         ],
     ]
+    if m.calibration is not None:
+        c = m.calibration
+        facts.append(
+            [
+                "calibration",
+                f"{c.prompts} prompts, {c.steps} steps, guidance {c.guidance:g}, seed {c.seed}",
+            ]
+        )
     rows = []
     for name, comp in m.components.items():
         for precision, entry in comp.models.items():
             size = sum(m.files[f].bytes for f in entry.files if f in m.files)
-            v = entry.verification
-            check = (
-                "not verified"
-                if v is None
-                else (
-                    f"{'ok' if v.passed else 'FAILED'} abs {v.max_abs_error:.1e} "
-                    f"rel {v.max_rel_error:.1e} (tol {v.rel_tolerance:.0e})"
-                )
-            )
+            check = _check(entry)
             default = "*" if precision == comp.default else ""
             rows.append([name, precision + default, _size(size), entry.file, check])
     io_rows = [
@@ -81,7 +98,7 @@ def format_bundle(bundle: Bundle) -> str:
     ]
     parts = [
         _table(None, facts),
-        _table(["component", "precision", "size", "file", "vs PyTorch"], rows),
+        _table(["component", "precision", "size", "file", "accuracy"], rows),
         _table(["component", "inputs", "outputs"], io_rows),
     ]
     if m.engines:
