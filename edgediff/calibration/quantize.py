@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgediff.errors import InputError
+from edgediff.errors import EdgediffError, InputError
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 FP8_E4M3_MAX = 448.0
@@ -86,6 +86,18 @@ def quantizer_version() -> str:
     import onnxruntime
 
     return f"onnxruntime.quantization {onnxruntime.__version__}"
+
+
+def require_onnx() -> None:
+    """Fail with the install command when the quantiser's onnx dependency is missing."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime.quantization  # noqa: F401
+    except ImportError as e:
+        raise EdgediffError(
+            f"quantisation needs onnx and onnxruntime ({e.name} is not installed)",
+            "pip install 'edgediff[cpu,quant]'",
+        ) from None
 
 
 class RecordedInputs:

@@ -19,6 +19,7 @@ from edgediff.calibration.quantize import (
     QuantSettings,
     RecordedInputs,
     quantizer_version,
+    require_onnx,
     settings_for,
 )
 from edgediff.calibration.sensitivity import (
@@ -106,6 +107,7 @@ def quantize_bundle(
     progress: bool = False,
 ) -> list[ComponentResult]:
     """Quantise `components` of a calibrated bundle; write models, tables and the manifest."""
+    require_onnx()
     settings = settings_for(precision)
     bundle = Bundle.open(bundle_dir)
     for component in components:
