@@ -9,8 +9,10 @@ Biases stay float: TensorRT has no INT32 dequantisation and fuses a float bias i
 FP8 (E4M3) activation scales are amax / 448 from the same min/max calibration INT8 uses, the
 convention TensorRT's FP8 tooling follows. ONNX Runtime's own FP8 path accepts only its
 Distribution calibrator, whose scales match standard deviations and clip the outliers
-diffusion activations carry (measured on the shapes U-Net: 26 dB against 35 dB per image), so
+diffusion activations carry (final latents of the shapes U-Net: 25.8 dB against 32.5 dB), so
 its scales are replaced through the quantiser's documented TensorQuantOverrides option.
+(Weights keep ONNX Runtime's per-channel FP8 scales: amax / 448 per channel measured the same
+PSNR there.)
 """
 
 from __future__ import annotations
