@@ -134,3 +134,35 @@ def test_calibrate_refuses_to_overwrite_and_bad_input(calibrated, tmp_path):
         read_prompts(empty)
     with pytest.raises(InputError, match="does not exist"):
         read_prompts(tmp_path / "missing.txt")
+
+
+def test_calibrate_command_records_and_says_what_next(tmp_path):
+    from click.testing import CliRunner
+
+    from edgediff.cli import cli
+
+    root = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, root)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\na blue square on the left\n")
+    args = [
+        "calibrate",
+        str(root),
+        "--prompts",
+        str(prompts),
+        "--samples",
+        "2",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+    ]
+    result = CliRunner().invoke(cli, [*args, "--force"])
+    assert result.exit_code == 0, result.output
+    assert f"next: edgediff quantize {root} --precision int8" in result.output
+    assert (root / "calibration/prompts.txt").read_text().splitlines() == [
+        "a red circle",
+        "a blue square on the left",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "already holds calibration data" in result.output
