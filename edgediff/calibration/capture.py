@@ -121,6 +121,13 @@ def calibrate(
             f"'{bundle_dir}' already holds calibration data",
             "Pass --force to record it again (quantised models made from it stay as they are)",
         )
+    for component in RECORDED:
+        if "fp32" not in bundle.manifest.components[component].models:
+            raise BundleError(
+                f"calibration samples the fp32 pipeline, and the bundle's {component} has no "
+                "fp32 model",
+                "Export the checkpoint without --fp16 and calibrate that bundle",
+            )
     if steps < 1:
         raise InputError(f"--steps must be >= 1, got {steps}")
     guidance = DEFAULT_GUIDANCE if guidance is None else guidance
