@@ -26,7 +26,10 @@ STEPS, SAMPLES, BATCH, GUIDANCE = 4, 4, 2, 3.0
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     """A copy of the shipped bundle calibrated on 4 default prompts, 4 steps, batches of 2."""
-    root = tmp_path_factory.mktemp("calibrated") / "bundle"
+    return _calibrated_copy(tmp_path_factory.mktemp("calibrated") / "bundle")
+
+
+def _calibrated_copy(root):
     shutil.copytree(DEFAULT_BUNDLE, root)
     calibrate(
         root,
@@ -86,19 +89,7 @@ def test_text_encoder_and_vae_decoder_inputs_are_recorded(calibrated):
 
 
 def test_calibration_is_reproducible_for_a_seed(calibrated, tmp_path):
-    again = tmp_path / "again"
-    shutil.copytree(DEFAULT_BUNDLE, again)
-    calibrate(
-        again,
-        read_prompts(),
-        samples=SAMPLES,
-        steps=STEPS,
-        guidance=GUIDANCE,
-        seed=5,
-        batch_size=BATCH,
-        force=True,
-    )
-    other = Bundle.open(again)
+    other = _calibrated_copy(tmp_path / "again")
     for rel in calibrated.manifest.calibration.files:
         assert other.manifest.files[rel].sha256 == calibrated.manifest.files[rel].sha256, rel
     other.verify()  # every recorded file is hashed in the manifest
