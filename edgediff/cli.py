@@ -308,8 +308,12 @@ def evaluate(
 @click.option("--samples", default=32, show_default=True, help="Prompts sampled (cycled).")
 @click.option("--batch-size", default=4, show_default=True, help="Prompts per pipeline call.")
 @click.option("--seed", default=0, show_default=True, help="Noise seed: same seed, same data.")
+@click.option("--height", type=int, default=None, help="Image height (default: the model's).")
+@click.option("--width", type=int, default=None, help="Image width (default: the model's).")
 @click.option("--force", is_flag=True, help="Record again over existing calibration data.")
-def calibrate(bundle_dir, prompts_file, steps, guidance, samples, batch_size, seed, force) -> None:
+def calibrate(
+    bundle_dir, prompts_file, steps, guidance, samples, batch_size, seed, height, width, force
+) -> None:
     """Record real component inputs for quantisation into BUNDLE_DIR.
 
     Samples the bundle's own fp32 pipeline and keeps every U-Net input (latents, timestep,
@@ -330,6 +334,8 @@ def calibrate(bundle_dir, prompts_file, steps, guidance, samples, batch_size, se
         batch_size=batch_size,
         force=force,
         progress=True,
+        height=height,
+        width=width,
     )
     click.echo(
         f"recorded {', '.join(record.inputs)} inputs of {record.prompts} samples x "

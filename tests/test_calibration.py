@@ -127,7 +127,7 @@ def test_calibrate_refuses_to_overwrite_and_bad_input(calibrated, tmp_path):
         read_prompts(tmp_path / "missing.txt")
 
 
-def test_calibrate_command_records_and_says_what_next(tmp_path):
+def test_calibrate_command_records_at_a_size_and_says_what_next(tmp_path):
     from click.testing import CliRunner
 
     from edgediff.cli import cli
@@ -147,9 +147,16 @@ def test_calibrate_command_records_and_says_what_next(tmp_path):
         "2",
         "--batch-size",
         "2",
+        "--height",
+        "32",
+        "--width",
+        "48",
     ]
     result = CliRunner().invoke(cli, [*args, "--force"])
     assert result.exit_code == 0, result.output
+    bundle = Bundle.open(root)
+    assert (bundle.manifest.calibration.height, bundle.manifest.calibration.width) == (32, 48)
+    assert _load(bundle, "unet")["sample"].shape == (2, 4, 4, 8, 12)  # 2 steps, [x; x] of 2
     assert f"next: edgediff quantize {root} --precision int8" in result.output
     assert (root / "calibration/prompts.txt").read_text().splitlines() == [
         "a red circle",

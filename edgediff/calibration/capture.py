@@ -66,6 +66,8 @@ def sample_inputs(
     seed: int,
     batch_size: int,
     progress: bool = False,
+    height: int | None = None,
+    width: int | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Sample `prompts` in batches; return component -> input -> array stacked over calls."""
     if len(prompts) % batch_size:
@@ -85,6 +87,8 @@ def sample_inputs(
                 num_inference_steps=steps,
                 guidance_scale=guidance,
                 seed=batch_seed(seed, k),
+                height=height,
+                width=width,
                 output_type="np",
             )
     return {
@@ -110,6 +114,8 @@ def calibrate(
     batch_size: int = 4,
     force: bool = False,
     progress: bool = False,
+    height: int | None = None,
+    width: int | None = None,
 ) -> Calibration:
     """Record the fp32 pipeline's component inputs into the bundle; return the record."""
     from edgediff.calibration.prompts import prompts_sha256
@@ -133,7 +139,9 @@ def calibrate(
     guidance = DEFAULT_GUIDANCE if guidance is None else guidance
     chosen = choose_prompts(prompts, samples)
     pipeline = Pipeline.load(bundle, precision="fp32")
-    arrays = sample_inputs(pipeline, chosen, steps, guidance, seed, batch_size, progress)
+    arrays = sample_inputs(
+        pipeline, chosen, steps, guidance, seed, batch_size, progress, height, width
+    )
 
     root = Path(bundle.root)
     inputs: dict[str, dict[str, str]] = {}
@@ -153,6 +161,8 @@ def calibrate(
         batch_size=batch_size,
         timesteps=tuple(int(t) for t in pipeline.scheduler.timesteps(steps)),
         inputs=inputs,
+        height=height,
+        width=width,
     )
     # Files are replaced one by one, each atomically; the manifest, written last, commits them.
     manifest = replace(bundle.manifest, calibration=record)

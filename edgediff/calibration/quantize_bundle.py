@@ -136,13 +136,9 @@ def _quantize_component(
     progress: bool,
 ) -> ComponentResult:
     calibration = bundle.manifest.calibration
+    prompts = calibration_prompts(bundle)[:probe_prompts]
     probe = make_probe(
-        pipeline,
-        component,
-        calibration_prompts(bundle)[:probe_prompts],
-        calibration.seed + _PROBE_SEED_OFFSET,
-        calibration.steps,
-        calibration.guidance,
+        pipeline, component, prompts, calibration.seed + _PROBE_SEED_OFFSET, calibration
     )
     fp32 = bundle.path(bundle.model(component, "fp32").file)
     groups = layer_groups(quantizable_nodes(fp32))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import numpy as np
 from edgediff.bench.metrics import paired_psnr
 from edgediff.calibration.quantize import QUANTIZED_OPS
 from edgediff.errors import InputError
+from edgediff.runtime.bundle import Calibration
 from edgediff.runtime.pipeline import Pipeline
 
 
@@ -83,23 +84,42 @@ class Probe:
     seed: int
     steps: int
     guidance: float
+    height: int | None
+    width: int | None
     output_type: str  # "latent" (final latents), or "np" (images) for the VAE decoder
-    reference: np.ndarray
+    reference: np.ndarray | None
 
 
 def make_probe(
-    pipeline: Pipeline, component: str, prompts: list[str], seed: int, steps: int, guidance: float
+    pipeline: Pipeline, component: str, prompts: list[str], seed: int, calibration: Calibration
 ) -> Probe:
-    """Sample the fp32 reference a component's quantised variants are measured against."""
+    """Sample the fp32 reference a component's quantised variants are measured against, with
+    the steps, guidance and image size the calibration used."""
     output_type = "np" if component == "vae_decoder" else "latent"
-    reference = pipeline(
+    probe = Probe(
         prompts,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        seed=seed,
-        output_type=output_type,
+        seed,
+        calibration.steps,
+        calibration.guidance,
+        calibration.height,
+        calibration.width,
+        output_type,
+        None,
     )
-    return Probe(prompts, seed, steps, guidance, output_type, reference)
+    return replace(probe, reference=sample(pipeline, probe))
+
+
+def sample(pipeline: Pipeline, probe: Probe) -> np.ndarray:
+    """The pipeline's output for the probe's prompts, seed and settings."""
+    return pipeline(
+        probe.prompts,
+        num_inference_steps=probe.steps,
+        guidance_scale=probe.guidance,
+        seed=probe.seed,
+        height=probe.height,
+        width=probe.width,
+        output_type=probe.output_type,
+    )
 
 
 @contextlib.contextmanager
@@ -116,13 +136,7 @@ def swapped(pipeline: Pipeline, component: str, model: Path) -> Iterator[Pipelin
 def measure(pipeline: Pipeline, component: str, model: Path, probe: Probe) -> float:
     """Paired PSNR (dB) of the pipeline's output with `model` as `component`, against fp32."""
     with swapped(pipeline, component, model) as p:
-        out = p(
-            probe.prompts,
-            num_inference_steps=probe.steps,
-            guidance_scale=probe.guidance,
-            seed=probe.seed,
-            output_type=probe.output_type,
-        )
+        out = sample(p, probe)
     # Images live in [0, 1]; latents have no natural peak, so each sample's range is used.
     return paired_psnr(out, probe.reference, 1.0 if probe.output_type == "np" else None)
 

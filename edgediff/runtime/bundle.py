@@ -121,6 +121,8 @@ class Calibration:
     timesteps: tuple[int, ...]
     # component -> input name -> .npy file holding every recorded call, stacked on axis 0.
     inputs: dict[str, dict[str, str]]
+    height: int | None = None  # image size sampled; None: the model's default
+    width: int | None = None
 
     @property
     def files(self) -> list[str]:
