@@ -379,8 +379,19 @@ def calibrate(
     show_default=True,
     help="Calibration prompts sampled to measure each trial.",
 )
+@click.option(
+    "--target",
+    type=click.Choice(["tensorrt", "cpu"]),
+    default="tensorrt",
+    show_default=True,
+    help="tensorrt: symmetric INT8, runs on TensorRT and ONNX Runtime alike. cpu: uint8 "
+    "activations, ONNX Runtime's fast x86 kernels (1.56x vs 1.21x on an SD 1.5 U-Net), "
+    "refused by TensorRT.",
+)
 @click.option("--force", is_flag=True, help="Replace a quantised model the bundle already has.")
-def quantize(bundle_dir, precision, components, keep, target_psnr, probe_prompts, force) -> None:
+def quantize(
+    bundle_dir, precision, components, keep, target_psnr, probe_prompts, target, force
+) -> None:
     """Write Q/DQ INT8 or FP8 models of a calibrated bundle's components.
 
     Weights are per-channel, activations per-tensor, symmetric (TensorRT's explicit
@@ -406,6 +417,7 @@ def quantize(bundle_dir, precision, components, keep, target_psnr, probe_prompts
         probe_prompts=probe_prompts,
         force=force,
         progress=True,
+        target=target,
     )
     click.echo(format_results(results, target_psnr))
 

@@ -15,7 +15,7 @@ from edgediff.bench.caption_eval import eval_prompts
 from edgediff.bench.metrics import paired_psnr, psnr
 from edgediff.calibration.capture import calibrate, calibration_record
 from edgediff.calibration.prompts import read_prompts
-from edgediff.calibration.quantize import QUANTIZED_OPS, RecordedInputs
+from edgediff.calibration.quantize import QUANTIZED_OPS, RecordedInputs, settings_for
 from edgediff.calibration.quantize_bundle import parse_components, quantize_bundle
 from edgediff.calibration.sensitivity import (
     LayerScore,
@@ -242,3 +242,26 @@ def test_bad_inputs_give_clear_errors(quantized, tmp_path):
     assert result.exit_code == 1 and "has no fp16 unet" in result.output
     result = runner.invoke(cli, ["quantize", str(tmp_path / "nowhere")])
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_cpu_target_quantises_activations_as_uint8(tmp_path):
+    root = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, root)
+    result = CliRunner().invoke(
+        cli, ["quantize", str(root), "--keep", "none", "--target", "cpu", "--force"]
+    )
+    assert result.exit_code == 0, result.output
+    bundle = Bundle.open(root)
+    entry = bundle.model("unet", "int8")
+    assert entry.quantization["settings"]["target"] == "cpu"
+    model = onnx.load(str(bundle.path(entry.file)))
+    initializers = {t.name: t for t in model.graph.initializer}
+    zero_types = {
+        initializers[n.input[2]].data_type
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear"
+    }
+    assert zero_types == {onnx.TensorProto.UINT8}  # activations; weights stay int8 symmetric
+    assert entry.quantization["psnr_db"] >= QUANT_TARGET_PSNR_DB
+    with pytest.raises(InputError, match="--target cpu is for int8"):
+        settings_for("fp8", "cpu")

@@ -22,7 +22,7 @@ import io
 import logging
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,12 @@ class QuantSettings:
     calibrate_method: str  # onnxruntime.quantization.CalibrationMethod member
     activation_scales: str  # "calibrator" or "amax"
     per_channel: bool = True
-    symmetric: bool = True
+    symmetric: bool = True  # weights always; activations too unless activation_type says uint8
     quantize_bias: bool = False
     op_types: tuple[str, ...] = QUANTIZED_OPS
+    activation_type: str | None = None  # another QuantType for activations (None: quant_type)
+    reduce_range: bool = False  # 7-bit weights
+    target: str = "tensorrt"
 
     def ort_arguments(self) -> dict[str, Any]:
         """Keyword arguments for onnxruntime.quantization.quantize_static."""
@@ -53,13 +56,14 @@ class QuantSettings:
 
         return {
             "quant_format": QuantFormat.QDQ,
-            "activation_type": getattr(QuantType, self.quant_type),
+            "activation_type": getattr(QuantType, self.activation_type or self.quant_type),
             "weight_type": getattr(QuantType, self.quant_type),
             "calibrate_method": getattr(CalibrationMethod, self.calibrate_method),
             "per_channel": self.per_channel,
+            "reduce_range": self.reduce_range,
             "op_types_to_quantize": list(self.op_types),
             "extra_options": {
-                "ActivationSymmetric": self.symmetric,
+                "ActivationSymmetric": self.symmetric and self.activation_type is None,
                 "WeightSymmetric": self.symmetric,
                 "QuantizeBias": self.quantize_bias,
                 # A tensor feeding a Conv and an Add gets its own Q/DQ pair for the Conv; the
@@ -76,10 +80,30 @@ SETTINGS = {
 PRECISIONS = tuple(SETTINGS)
 
 
-def settings_for(precision: str) -> QuantSettings:
-    """The quantisation settings of a precision name, or a clear error."""
+TARGETS = ("tensorrt", "cpu")
+
+
+def settings_for(precision: str, target: str = "tensorrt") -> QuantSettings:
+    """The quantisation settings of a precision for a target, or a clear error.
+
+    "tensorrt" (symmetric INT8 activations) runs everywhere, TensorRT included. "cpu" gives
+    INT8 activations as asymmetric uint8, the only activations ONNX Runtime's fast integer
+    kernels take on x86 CPUs without VNNI (benchmarks/quant_cpu.py: SD 1.5 U-Net 1.56x faster
+    than fp32, against 1.21x); TensorRT refuses its non-zero zero points.
+    """
     if precision not in SETTINGS:
         raise InputError(f"unknown precision '{precision}'", f"Use one of: {', '.join(PRECISIONS)}")
+    if target not in TARGETS:
+        raise InputError(f"unknown target '{target}'", f"Use one of: {', '.join(TARGETS)}")
+    if target == "cpu":
+        if precision != "int8":
+            raise InputError(
+                f"--target cpu is for int8 ({precision} runs on TensorRT only)",
+                "Use --target tensorrt, or --precision int8",
+            )
+        # Without VNNI, uint8 x int8 products are summed in pairs into saturating int16
+        # (vpmaddubsw): 7-bit weights keep those sums exact.
+        return replace(SETTINGS["int8"], activation_type="QUInt8", reduce_range=True, target="cpu")
     return SETTINGS[precision]
 
 

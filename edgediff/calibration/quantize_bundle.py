@@ -105,10 +105,11 @@ def quantize_bundle(
     probe_prompts: int = DEFAULT_PROBE_PROMPTS,
     force: bool = False,
     progress: bool = False,
+    target: str = "tensorrt",
 ) -> list[ComponentResult]:
     """Quantise `components` of a calibrated bundle; write models, tables and the manifest."""
     require_onnx()
-    settings = settings_for(precision)
+    settings = settings_for(precision, target)
     bundle = Bundle.open(bundle_dir)
     for component in components:
         _check_can_quantize(bundle, component, precision, force)
