@@ -44,18 +44,19 @@ import numpy as np
 # sd15_cpu.py sits beside this file, outside the package: import it as its siblings would.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# Placement name -> what it quantises. "u8s8" is ORT CPU's recommended recipe (uint8
-# asymmetric activations, int8 weights, ORT's other defaults); the others are edgediff's
-# TensorRT-compatible int8 settings with one thing changed. "s8ok" is not a model of its own:
-# it runs the default model with ORT's session.qdqisint8allowed=1. Without it ORT on x86
-# fuses only the int8 Q/DQ groups it can turn into uint8 ones, leaving e.g. 1x1 and strided
-# convolutions, linear layers and half the matmuls float behind run-time weight Dequantize.
+# Placement name -> what it quantises. "cpu" is `edgediff quantize --target cpu` (uint8
+# asymmetric activations, 7-bit int8 weights: what ORT's fast x86 kernels take); the others
+# are edgediff's TensorRT-compatible int8 settings with one thing changed. "s8ok" is not a
+# model of its own: it runs the default model with ORT's session.qdqisint8allowed=1.
+# Without it ORT on x86 fuses only the int8 Q/DQ groups it can turn into uint8 ones, leaving
+# e.g. 1x1 and strided convolutions, linear layers and half the matmuls float behind run-time
+# weight Dequantize.
 PLACEMENTS = {
     "default": "Conv+MatMul+Gemm, symmetric s8, float bias (edgediff int8)",
     "s8ok": "default model, ORT session option session.qdqisint8allowed=1",
     "conv": "Conv only",
     "bias32": "Conv+MatMul+Gemm, int32-quantised bias",
-    "u8s8": "uint8 asymmetric activations, int8 weights (ORT CPU recipe)",
+    "cpu": "uint8 asymmetric activations, 7-bit int8 weights (edgediff --target cpu)",
 }
 MODEL_OF = {"s8ok": "default"}  # placements that reuse another placement's model file
 SESSION_CONFIG = {"s8ok": {"session.qdqisint8allowed": "1"}}
@@ -225,10 +226,8 @@ def time_pair(
 
 def quantize(model: Model, outs: dict[str, Path]) -> dict[str, float]:
     """(child) Write each placement's int8 model; returns seconds per placement."""
-    from onnxruntime.quantization import QuantType, quantize_static
 
     from edgediff.calibration.quantize import (
-        QUANTIZED_OPS,
         Quantizer,
         RecordedInputs,
         settings_for,
@@ -242,31 +241,15 @@ def quantize(model: Model, outs: dict[str, Path]) -> dict[str, float]:
         "default": int8,
         "conv": dataclasses.replace(int8, op_types=("Conv",)),
         "bias32": dataclasses.replace(int8, quantize_bias=True),
+        "cpu": settings_for("int8", "cpu"),
     }
     seconds = {}
     with Quantizer(model.fp32, RecordedInputs(model.inputs), int8) as q:
         # The first write calibrates (MinMax ranges are cached); the others reuse the ranges.
-        for name in sorted(outs, key=lambda n: n == "u8s8"):
-            out = outs[name]
+        for name, out in outs.items():
             out.parent.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
-            if name == "u8s8":
-                # Raw min/max ranges do not depend on symmetry, so the Quantizer's cache
-                # serves here too (it has no public hook for quantize_static's own options).
-                cache = q._cache("MinMax")
-                quantize_static(
-                    str(model.fp32),
-                    str(out),
-                    None if cache.exists() else q.inputs.reader(),
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    per_channel=True,
-                    op_types_to_quantize=list(QUANTIZED_OPS),
-                    use_external_data_format=q.external_data,
-                    calibration_cache_path=str(cache),
-                )
-            else:
-                q.write(out, settings=variants[name])
+            q.write(out, settings=variants[name])
             seconds[name] = time.perf_counter() - start
             (out.parent / "done").touch()  # written last: a half-written model is redone
             print(f"  quantised {model.name}/{name} in {seconds[name]:.0f} s", flush=True)
