@@ -394,11 +394,12 @@ def quantize(
 ) -> None:
     """Write Q/DQ INT8 or FP8 models of a calibrated bundle's components.
 
-    Weights are per-channel, activations per-tensor, symmetric (TensorRT's explicit
-    quantisation). With --keep auto each layer is first quantised alone and scored by the PSNR
-    of the pipeline's final output against fp32 on real trajectories; then the most sensitive
-    layers stay in float, fewest first, until the whole model meets --target-psnr. Writes
-    COMPONENT/model.PRECISION.onnx and COMPONENT/sensitivity.PRECISION.json; generate with
+    Weights are per-channel, activations per-tensor, all symmetric for TensorRT's explicit
+    quantisation (--target cpu: uint8 activations for ONNX Runtime on x86). With --keep auto
+    each layer is first quantised alone and scored by the PSNR of the pipeline's final output
+    against fp32 on real trajectories; then the most sensitive layers stay in float, fewest
+    first, until the whole model meets --target-psnr. Writes COMPONENT/model.PRECISION.onnx
+    and COMPONENT/sensitivity.PRECISION.json; generate with
     `edgediff generate --precision PRECISION --bundle BUNDLE_DIR`.
     """
     from edgediff.calibration.quantize_bundle import (
