@@ -18,11 +18,11 @@ import numpy as np
 from edgediff.errors import BundleError, InputError
 from edgediff.runtime.bundle import Bundle, Calibration, with_files, write_manifest
 from edgediff.runtime.files import atomic_path, atomic_write_text
-from edgediff.runtime.pipeline import Pipeline
+from edgediff.runtime.pipeline import PIPELINE_COMPONENTS, Pipeline
 
 FOLDER = "calibration"
 PROMPTS_FILE = f"{FOLDER}/prompts.txt"
-RECORDED = ("text_encoder", "unet", "vae_decoder")
+RECORDED = PIPELINE_COMPONENTS  # every component the denoising pipeline runs
 
 
 class _RecordingSession:

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from edgediff.calibration.capture import calibration_prompts, calibration_record
+from edgediff.calibration.capture import RECORDED, calibration_prompts, calibration_record
 from edgediff.calibration.quantize import (
     Quantizer,
     QuantSettings,
@@ -40,8 +40,7 @@ from edgediff.runtime.files import atomic_model_path, atomic_write_text
 from edgediff.runtime.pipeline import Pipeline
 from edgediff.tolerances import QUANT_TARGET_PSNR_DB
 
-QUANTIZABLE = ("unet", "text_encoder", "vae_decoder")
-DEFAULT_TARGET_PSNR = QUANT_TARGET_PSNR_DB
+QUANTIZABLE = RECORDED  # a component can be quantised if calibration recorded its inputs
 DEFAULT_PROBE_PROMPTS = 8
 _PROBE_SEED_OFFSET = 1  # probes sample other noise than the calibration did
 
@@ -73,9 +72,14 @@ class ComponentResult:
         return self.fp32_seconds / self.seconds
 
 
+def _split_names(text: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def parse_components(text: str) -> list[str]:
     """'unet,text_encoder' -> names, each checked."""
-    names = [c.strip() for c in text.split(",") if c.strip()]
+    names = _split_names(text)
     for name in names:
         if name not in QUANTIZABLE:
             raise InputError(
@@ -90,7 +94,7 @@ def parse_keep(text: str) -> str | list[str]:
     """'auto', 'none' or a comma-separated list of layer names."""
     if text in ("auto", "none"):
         return text
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = _split_names(text)
     if not names:
         raise InputError("--keep names no layer", "Use auto, none, or layer names")
     return names
@@ -101,7 +105,7 @@ def quantize_bundle(
     precision: str,
     components: list[str],
     keep: str | list[str] = "auto",
-    target_psnr: float = DEFAULT_TARGET_PSNR,
+    target_psnr: float = QUANT_TARGET_PSNR_DB,
     probe_prompts: int = DEFAULT_PROBE_PROMPTS,
     force: bool = False,
     progress: bool = False,
@@ -143,8 +147,9 @@ def _quantize_component(
     )
     fp32 = bundle.path(bundle.model(component, "fp32").file)
     groups = layer_groups(quantizable_nodes(fp32))
-    if keep not in ("auto", "none"):
-        resolve_keep(list(keep), groups)  # fail before any work if a name is wrong
+    # A fixed keep list resolves before any work, so a wrong name fails at once.
+    layers = [] if keep in ("auto", "none") else list(keep)
+    kept_nodes = resolve_keep(layers, groups)
     inputs = RecordedInputs(calibration_record(bundle, component))
     with (
         Quantizer(fp32, inputs, settings) as quantizer,
@@ -160,22 +165,14 @@ def _quantize_component(
         if keep == "auto":
             ranked = layer_sensitivity(groups, lambda nodes: score(only=nodes), progress)
             search = choose_keep(
-                ranked, lambda layers: score(resolve_keep(layers, groups)), target_psnr, progress
+                ranked, lambda chosen: score(resolve_keep(chosen, groups)), target_psnr, progress
             )
+            kept_nodes = resolve_keep(search.keep, groups)
         else:
-            layers = [] if keep == "none" else list(keep)
-            db = score(resolve_keep(layers, groups))
+            db = score(kept_nodes)
             search = KeepSearch(layers, db, db >= target_psnr, [{"keep": layers, "psnr_db": db}])
         return _write(
-            bundle,
-            pipeline,
-            component,
-            quantizer,
-            search,
-            ranked,
-            resolve_keep(search.keep, groups),
-            inputs,
-            target_psnr,
+            bundle, pipeline, component, quantizer, search, ranked, kept_nodes, inputs, target_psnr
         )
 
 

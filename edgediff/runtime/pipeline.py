@@ -13,7 +13,7 @@ import numpy as np
 
 from edgediff.errors import BundleError, InputError
 from edgediff.runtime.backends import Backend, Session, get_backend
-from edgediff.runtime.bundle import Bundle
+from edgediff.runtime.bundle import Bundle, ModelEntry
 from edgediff.runtime.guidance import DEFAULT_GUIDANCE, guided, is_guided
 from edgediff.runtime.images import to_images, to_pil
 from edgediff.runtime.schedulers import DDIMScheduler
@@ -26,7 +26,7 @@ OUTPUT_TYPES = ("pil", "np", "latent")
 PIPELINE_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 
 
-def _entry(bundle: Bundle, component: str, precision: str | None):
+def _entry(bundle: Bundle, component: str, precision: str | None) -> ModelEntry:
     """The model a precision loads: the U-Net must have it; other components use it if they
     have it (quantisation pays off mostly in the U-Net) and their default otherwise."""
     if precision is None or component == "unet":
