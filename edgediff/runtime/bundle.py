@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -131,6 +132,30 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class EngineEntry:
+    """A TensorRT engine built from one of the bundle's ONNX models, and what makes it valid."""
+
+    component: str
+    precision: str  # the precision it was built for (fp16, int8, fp8)
+    file: str
+    onnx: str  # the ONNX file it was built from
+    onnx_sha256: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # "8.7" (Orin), "8.9" (Ada), "9.0" (Hopper)
+    # input name -> {"min": [...], "opt": [...], "max": [...]}
+    profile: dict[str, dict[str, list[int]]]
+    flags: dict[str, Any]  # builder settings: strongly typed, fp16, memory limits, ...
+    key: str  # sha256 over everything above that makes the engine valid
+    build_seconds: float = 0.0
+
+
+def build_command(root: str | os.PathLike, precision: str, *options: str) -> str:
+    """The `edgediff build` command line that (re)builds a bundle's engines, ready to paste."""
+    return shlex.join(["edgediff", "build", str(root), "--precision", precision, *options])
+
+
+@dataclass(frozen=True)
 class FileRecord:
     """Size and hash of one file in the bundle."""
 
@@ -148,7 +173,7 @@ class Manifest:
     components: dict[str, Component]
     files: dict[str, FileRecord]
     source: dict[str, Any] = field(default_factory=dict)
-    engines: tuple[dict[str, Any], ...] = ()
+    engines: tuple[EngineEntry, ...] = ()
     calibration: Calibration | None = None
     edgediff_version: str = __version__
     format_version: int = FORMAT_VERSION
@@ -169,9 +194,7 @@ class Manifest:
         if self.calibration is not None:
             paths.extend(self.calibration.files)
         for engine in self.engines:
-            for key in ("file", "onnx"):
-                if isinstance(engine.get(key), str):
-                    paths.append(engine[key])
+            paths.extend((engine.file, engine.onnx))
         return paths
 
 
@@ -225,6 +248,16 @@ def _calibration(d: Any) -> Calibration | None:
         ) from None
 
 
+def _engine(d: Any) -> EngineEntry:
+    try:
+        return EngineEntry(**d)
+    except TypeError as e:
+        raise BundleError(
+            f"manifest.json: an engine record is malformed ({e})",
+            "Rebuild the engines with `edgediff build BUNDLE --force`",
+        ) from None
+
+
 def parse_manifest(data: Any) -> Manifest:
     """Build a Manifest from decoded JSON, naming the first key that is missing or wrong."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -272,7 +305,7 @@ def parse_manifest(data: Any) -> Manifest:
         components=components,
         files=files,
         source=data.get("source", {}),
-        engines=tuple(data.get("engines", ())),
+        engines=tuple(_engine(e) for e in data.get("engines", ())),
         calibration=_calibration(data.get("calibration")),
         edgediff_version=data.get("edgediff_version", "unknown"),
         format_version=version,
@@ -338,7 +371,12 @@ class Bundle:
             raise BundleError(
                 f"the bundle has no {', '.join(missing_components)} in its manifest", _REEXPORT
             )
+        # Engines are derived caches: a missing or damaged one is rebuilt by `edgediff build`,
+        # so it must not make the rest of the bundle unreadable. verify() checks them on load.
+        engines = {e.file for e in self.manifest.engines}
         for rel, record in self.manifest.files.items():
+            if rel in engines:
+                continue
             path = self.root / rel
             if not path.parent.is_dir():
                 folder = path.parent.relative_to(self.root).as_posix()
@@ -363,12 +401,41 @@ class Bundle:
             record = self.manifest.files.get(rel)
             if record is None:
                 raise BundleError(f"'{rel}' is not listed in manifest.json", _REEXPORT)
-            if sha256_file(self.root / rel) != record.sha256:
-                raise BundleError(
-                    f"bundle file '{rel}' does not match its sha256 in manifest.json "
-                    "(changed or corrupted)",
-                    _REEXPORT,
+            path = self.root / rel
+            if not path.is_file() or sha256_file(path) != record.sha256:
+                state = (
+                    "does not match its sha256 in" if path.is_file() else "is missing, listed in"
                 )
+                raise BundleError(
+                    f"bundle file '{rel}' {state} manifest.json (changed or corrupted)",
+                    self._fix_for(rel),
+                )
+
+    def _fix_for(self, rel: str) -> str:
+        """How to restore a bad file: rebuild it if it is an engine, re-export otherwise."""
+        for engine in self.manifest.engines:
+            if engine.file == rel:
+                return f"Rebuild it: {build_command(self.root, engine.precision, '--force')}"
+        return _REEXPORT
+
+    def engine(self, component: str, precision: str | None = None) -> EngineEntry:
+        """The TensorRT engine of a component at a precision (the only one built if None)."""
+        built = sorted({e.precision for e in self.manifest.engines})
+        if precision is None:
+            if len(built) > 1:
+                raise BundleError(
+                    f"the bundle has engines at several precisions ({', '.join(built)})",
+                    "Pick one with --precision",
+                )
+            precision = built[0] if built else "fp16"
+        for engine in self.manifest.engines:
+            if engine.component == component and engine.precision == precision:
+                return engine
+        raise BundleError(
+            f"the bundle has no {precision} TensorRT engine for {component}"
+            + (f" (it has engines at: {', '.join(built)})" if built else ""),
+            f"Build them on this device: {build_command(self.root, precision)}",
+        )
 
     def model(self, component: str, precision: str | None = None) -> ModelEntry:
         """The model entry of a component at a precision (its default if None)."""
