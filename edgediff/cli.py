@@ -1,4 +1,4 @@
-"""The `edgediff` command: export, generate, info, random-checkpoint."""
+"""The `edgediff` command: one subcommand per stage, from training to TensorRT engines."""
 
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ def cli() -> None:
       edgediff calibrate BUNDLE_DIR                  # record real inputs for quantisation
       edgediff quantize BUNDLE_DIR --precision int8  # Q/DQ models, measured mixed precision
       edgediff generate "a red circle" --bundle BUNDLE_DIR --precision int8
+      edgediff build BUNDLE_DIR --precision int8     # TensorRT engines, on the GPU that runs them
+      edgediff generate "a red circle" --bundle BUNDLE_DIR --backend trt
       edgediff info BUNDLE_DIR
     """
     # transformers announces at import that torchvision is absent (edgediff never needs it).
@@ -123,7 +125,11 @@ def _output_paths(out: Path, count: int) -> list[Path]:
     "--eta", default=0.0, show_default=True, help="DDIM eta: 0 deterministic, 1 DDPM-like."
 )
 @click.option(
-    "--backend", default="ort-cpu", show_default=True, help="ort-cpu, ort-cuda or ort-trt."
+    "--backend",
+    default="ort-cpu",
+    show_default=True,
+    help="ort-cpu, ort-cuda, ort-trt (TensorRT through ONNX Runtime, engines cached in the "
+    "bundle) or trt (engines from `edgediff build`).",
 )
 @click.option(
     "--precision",
@@ -255,7 +261,9 @@ def random_checkpoint(out_dir, preset, seed, force) -> None:
     show_default=True,
     help="Prompt and noise seed (settings were picked on seed 1, so 0 is unseen).",
 )
-@click.option("--backend", default="ort-cpu", show_default=True, help="ort-cpu, ort-cuda, ort-trt.")
+@click.option(
+    "--backend", default="ort-cpu", show_default=True, help="ort-cpu, ort-cuda, ort-trt or trt."
+)
 @click.option("--precision", default=None, help="fp32, int8, ... (as for generate).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate(
@@ -421,6 +429,86 @@ def quantize(
         target=target,
     )
     click.echo(format_results(results, target_psnr))
+
+
+@cli.command()
+@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--precision",
+    type=click.Choice(["fp16", "int8", "fp8", "best"]),
+    default="fp16",
+    show_default=True,
+    help="fp16: float models with fp16 kernels. int8/fp8: the bundle's Q/DQ U-Net (and other "
+    "Q/DQ components), strongly typed. best: fp8 on Ada/Hopper if the bundle has it, else int8 "
+    "if it has it, else fp16.",
+)
+@click.option(
+    "--batch",
+    default="1:1:4",
+    show_default=True,
+    help="Images per call, MIN:OPT:MAX or N. The text encoder and U-Net get MIN..2·MAX "
+    "(classifier-free guidance doubles the batch), optimised for 2·OPT.",
+)
+@click.option(
+    "--size",
+    default=None,
+    help="Image size in pixels: SIZE, MIN:OPT:MAX or HxW:HxW:HxW. Default: the model's size.",
+)
+@click.option(
+    "--static", is_flag=True, help="Fix every shape at OPT (fastest; enables CUDA graphs)."
+)
+@click.option("--workspace", type=int, default=None, help="Builder workspace limit, MB.")
+@click.option(
+    "--tactic-memory",
+    type=int,
+    default=None,
+    help="Device memory tactics may use while building, MB (bound it on Jetson's shared memory).",
+)
+@click.option(
+    "--timing-cache",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Timing cache file (default: BUNDLE/engines/timing-trtVERSION-smNN.cache).",
+)
+@click.option("--force", is_flag=True, help="Rebuild even engines whose key is unchanged.")
+def build(
+    bundle_dir, precision, batch, size, static, workspace, tactic_memory, timing_cache, force
+) -> None:
+    """Build one TensorRT engine per component (text encoder, U-Net, VAE decoder) on this GPU.
+
+    Engines are only valid for the TensorRT version and GPU that built them, so build on the
+    device that runs them. Each engine is keyed by its ONNX's sha256, the TensorRT version,
+    the GPU and its compute capability, the precision, the shape profile and the builder
+    flags: an engine whose key is unchanged is reused, anything else is rebuilt. Engines go
+    to BUNDLE/engines/ and into the manifest; run them with
+    `edgediff generate --backend trt --bundle BUNDLE_DIR --precision PRECISION`.
+
+    \b
+    Jetson Orin (shared CPU/GPU memory): limit the builder, e.g.
+      edgediff build BUNDLE --precision int8 --static --workspace 1024 --tactic-memory 1024
+    """
+    from edgediff.engines.build import build_engines, format_results
+    from edgediff.engines.plan import BuildRequest
+    from edgediff.engines.profiles import parse_size, parse_span
+    from edgediff.engines.tensorrt_builder import build_engine, current_platform
+
+    request = BuildRequest(
+        precision=precision,
+        batch=parse_span(batch, "batch"),
+        size=None if size is None else parse_size(size),
+        static=static,
+        workspace_mb=workspace,
+        tactic_memory_mb=tactic_memory,
+    )
+    platform = current_platform()
+    click.echo(
+        f"TensorRT {platform.tensorrt_version} on {platform.gpu_name} "
+        f"(compute capability {platform.compute_capability})"
+    )
+    results = build_engines(
+        bundle_dir, request, platform, build_engine, timing_cache, force=force, progress=True
+    )
+    click.echo(format_results(results))
 
 
 @cli.command()

@@ -26,3 +26,7 @@ class ExportError(EdgediffError):
 
 class BackendError(EdgediffError):
     """A backend that is not installed or cannot run on this machine."""
+
+
+class EngineError(EdgediffError):
+    """A TensorRT engine that cannot be built here (no TensorRT or GPU, or the build failed)."""

@@ -14,6 +14,7 @@ import numpy as np
 from edgediff.errors import BundleError, InputError
 from edgediff.runtime.backends import Backend, Session, get_backend
 from edgediff.runtime.bundle import Bundle, ModelEntry
+from edgediff.runtime.engine_compat import require_compatible
 from edgediff.runtime.guidance import DEFAULT_GUIDANCE, guided, is_guided
 from edgediff.runtime.images import to_images, to_pil
 from edgediff.runtime.schedulers import DDIMScheduler
@@ -33,6 +34,23 @@ def _entry(bundle: Bundle, component: str, precision: str | None) -> ModelEntry:
         return bundle.model(component, precision)
     models = bundle.manifest.components[component].models
     return models[precision] if precision in models else bundle.model(component)
+
+
+def _model(
+    bundle: Bundle, backend: Backend, component: str, precision: str | None
+) -> tuple[str, str, tuple[str, ...]]:
+    """(file to load, its precision, files to hash-check) of a component for this backend."""
+    if backend.model_format == "engine":
+        engine = bundle.engine(component, precision)
+        require_compatible(engine, backend.platform, bundle.root)
+        return engine.file, engine.precision, (engine.file,)
+    entry = _entry(bundle, component, precision)
+    return entry.file, entry.precision, entry.files
+
+
+def _backend_options(name: str, bundle: Bundle) -> dict[str, Any]:
+    """Options a backend named on its own gets from the bundle: ort-trt caches engines in it."""
+    return {"cache_dir": bundle.path("engines/ort-trt")} if name == "ort-trt" else {}
 
 
 def default_bundle() -> Path:
@@ -102,17 +120,21 @@ class Pipeline:
         """Open a bundle (the shipped default if None), check its hashes, load each component.
 
         `precision` ("fp32", "fp16", "int8", "fp8") picks the U-Net's model, and each other
-        component's where it has one; None loads each component's default.
+        component's where it has one; None loads each component's default. With the "trt"
+        backend it picks the engines `edgediff build` made (None: the only set built).
         """
         if not isinstance(bundle, Bundle):
             bundle = Bundle.open(default_bundle() if bundle is None else bundle)
         manifest = bundle.manifest
-        backend = get_backend(backend) if isinstance(backend, str) else backend
-        entries = {name: _entry(bundle, name, precision) for name in PIPELINE_COMPONENTS}
+        if isinstance(backend, str):
+            backend = get_backend(backend, **_backend_options(backend, bundle))
+        models = {name: _model(bundle, backend, name, precision) for name in PIPELINE_COMPONENTS}
         if verify:
-            used = [manifest.tokenizer.file] + [f for e in entries.values() for f in e.files]
-            bundle.verify(used)
-        sessions = {name: backend.load(bundle.path(e.file)) for name, e in entries.items()}
+            bundle.verify([manifest.tokenizer.file] + [f for m in models.values() for f in m[2]])
+        sessions = {
+            name: backend.load(bundle.path(file), model_precision)
+            for name, (file, model_precision, _) in models.items()
+        }
         tokenizer = PromptTokenizer(
             bundle.path(manifest.tokenizer.file),
             manifest.tokenizer.max_length,

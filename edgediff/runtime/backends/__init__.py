@@ -5,7 +5,7 @@ from __future__ import annotations
 from edgediff.errors import BackendError
 from edgediff.runtime.backends.base import Backend, Session
 
-BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt")
+BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt")
 
 
 def get_backend(name: str, **options) -> Backend:
@@ -14,6 +14,10 @@ def get_backend(name: str, **options) -> Backend:
         from edgediff.runtime.backends.onnxruntime import OrtBackend
 
         return OrtBackend(name, **options)
+    if name == "trt":
+        from edgediff.runtime.backends.tensorrt import TrtBackend
+
+        return TrtBackend(**options)
     raise BackendError(f"unknown backend '{name}'", f"Use one of: {', '.join(BACKENDS)}")
 
 

@@ -25,7 +25,9 @@ class Backend(Protocol):
     name: str
     # Where a Session's arrays live between calls: "host" (numpy) or "device" (GPU memory).
     array_location: str
+    # What it loads: "onnx" (the bundle's ONNX models) or "engine" (TensorRT engines).
+    model_format: str
 
-    def load(self, model_path: Path) -> Session:
-        """Load one model file."""
+    def load(self, model_path: Path, precision: str = "fp32") -> Session:
+        """Load one model file, built or quantised at `precision`."""
         ...
