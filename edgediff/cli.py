@@ -491,7 +491,9 @@ def build(
     from edgediff.engines.plan import BuildRequest
     from edgediff.engines.profiles import parse_size, parse_span
     from edgediff.engines.tensorrt_builder import build_engine, current_platform
+    from edgediff.runtime.bundle import Bundle
 
+    Bundle.open(bundle_dir)  # a bad path fails before TensorRT is looked for
     request = BuildRequest(
         precision=precision,
         batch=parse_span(batch, "batch"),

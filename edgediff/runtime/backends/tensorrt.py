@@ -48,12 +48,8 @@ class TrtSession:
         self.input_names = tuple(n for n in names if is_input[n])
         self.output_names = tuple(n for n in names if not is_input[n])
         self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
-        # Profile 0's (min, max) per dynamic input: `edgediff build` makes one profile.
-        self._ranges = {
-            n: tuple(tuple(s) for s in engine.get_tensor_profile_shape(n, 0))[::2]
-            for n in self.input_names
-            if -1 in tuple(engine.get_tensor_shape(n))
-        }
+        # (min, max) shape per input: profile 0's where dynamic (`edgediff build` makes one).
+        self._ranges = {n: self._range(engine, n) for n in self.input_names}
         if hasattr(engine, "device_memory_size_v2"):  # TensorRT 10.1 and later
             strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
             self._context = engine.create_execution_context(strategy)
@@ -64,8 +60,16 @@ class TrtSession:
         if self._context is None:
             raise BackendError("TensorRT could not create an execution context", _REBUILD)
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, capacity)
-        self._use_graph = cuda_graph and not self._ranges
+        self._use_graph = cuda_graph and all(lo == hi for lo, hi in self._ranges.values())
         self._graph: Any = None
+
+    @staticmethod
+    def _range(engine: Any, name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        shape = tuple(engine.get_tensor_shape(name))
+        if -1 not in shape:
+            return shape, shape
+        low, _, high = engine.get_tensor_profile_shape(name, 0)
+        return tuple(low), tuple(high)
 
     def use_scratch(self, pointer: int, size: int) -> None:
         """Point the context at the shared scratch block."""
@@ -79,9 +83,7 @@ class TrtSession:
         """Copy feeds to the device, run the engine, return host copies of the outputs."""
         for name in self.input_names:
             array = np.ascontiguousarray(feeds[name], dtype=self._dtypes[name])
-            if name in self._ranges:
-                low, high = self._ranges[name]
-                require_in_profile(name, array.shape, low, high)
+            require_in_profile(name, array.shape, *self._ranges[name])
             if not self._context.set_input_shape(name, array.shape):
                 raise BackendError(f"TensorRT refused shape {array.shape} for input '{name}'")
             self._cuda.upload(self._buffer(name, array.nbytes), array)

@@ -1,0 +1,160 @@
+"""Backends on real parts: ONNX Runtime IO binding here; CUDA and TensorRT where they exist."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgediff.bench.metrics import psnr
+from edgediff.cli import cli
+from edgediff.errors import BackendError
+from edgediff.runtime.backends import get_backend
+from edgediff.runtime.backends.onnxruntime import OrtBackend, provider_options
+from edgediff.runtime.pipeline import DEFAULT_BUNDLE, Pipeline
+from edgediff.tolerances import GPU_IMAGE_MIN_PSNR_DB
+
+REQUEST = dict(
+    prompt=["a big red circle on the left", "a small blue square"], seed=7, output_type="np"
+)
+
+
+def _has_module(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+def _ort_providers() -> list[str]:
+    import onnxruntime
+
+    return onnxruntime.get_available_providers()
+
+
+def _has_gpu() -> bool:
+    try:
+        from edgediff.runtime.cuda import Cuda
+
+        Cuda()
+    except BackendError:
+        return False
+    return True
+
+
+HAS_TRT = _has_module("tensorrt") and _has_gpu()
+needs_ort_cuda = pytest.mark.skipif(
+    "CUDAExecutionProvider" not in _ort_providers(),
+    reason="needs onnxruntime-gpu and an NVIDIA GPU (this onnxruntime has no CUDA provider)",
+)
+needs_trt = pytest.mark.skipif(
+    not HAS_TRT, reason="needs TensorRT, cuda-python and an NVIDIA GPU (not on this machine)"
+)
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    """The request's images on ONNX Runtime's CPU provider, fp32."""
+    return Pipeline.load(None)(**REQUEST)
+
+
+# ---------------------------------------------------------------- runs everywhere
+
+
+def test_io_bound_sessions_give_the_same_images_across_shape_changes(reference):
+    pipe = Pipeline.load(None, backend=OrtBackend("ort-cpu", io_binding=True))
+    assert type(pipe.sessions["unet"]).__name__ == "BoundOrtSession"
+    np.testing.assert_array_equal(pipe(**REQUEST), reference)
+    single = pipe("a green star", seed=2, output_type="np")  # new shapes: new buffers
+    np.testing.assert_array_equal(
+        single, Pipeline.load(None)("a green star", seed=2, output_type="np")
+    )
+    np.testing.assert_array_equal(pipe(**REQUEST), reference)  # and back
+
+
+def test_tensorrt_ep_caches_in_the_bundle_and_leaves_qdq_models_strongly_typed(tmp_path):
+    float_options = provider_options("TensorrtExecutionProvider", "fp32", False, tmp_path / "c", 0)
+    assert float_options["trt_fp16_enable"] == "True"
+    assert float_options["trt_engine_cache_path"] == str(tmp_path / "c")
+    assert (tmp_path / "c").is_dir()
+    qdq_options = provider_options("TensorrtExecutionProvider", "int8", False, None, 0)
+    assert "trt_fp16_enable" not in qdq_options and "trt_int8_enable" not in qdq_options
+    assert (
+        provider_options("CUDAExecutionProvider", "fp32", True, None, 0)["enable_cuda_graph"] == "1"
+    )
+
+
+@pytest.mark.skipif(HAS_TRT, reason="checks the message shown where TensorRT is absent")
+def test_without_tensorrt_build_and_trt_say_what_to_install(tmp_path):
+    with pytest.raises(BackendError, match=r"TensorRT's Python package is not installed.*apt"):
+        get_backend("trt")
+    result = CliRunner().invoke(cli, ["build", str(DEFAULT_BUNDLE)])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and "pip install 'edgediff[trt]'" in result.output
+    result = CliRunner().invoke(cli, ["build", str(tmp_path / "nope")])
+    assert "bundle folder" in result.output and "does not exist" in result.output
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in _ort_providers(), reason="checks the message where CUDA is absent"
+)
+def test_without_onnxruntime_gpu_ort_cuda_says_what_to_install():
+    with pytest.raises(BackendError, match=r"lacks.*onnxruntime-gpu"):
+        get_backend("ort-cuda")
+
+
+# ---------------------------------------------------------------- GPU machines only
+
+
+@needs_ort_cuda
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_ort_cuda_matches_the_cpu(reference, cuda_graph):
+    pipe = Pipeline.load(None, backend=OrtBackend("ort-cuda", cuda_graph=cuda_graph))
+    for _ in range(2):  # the second call replays buffers (and the graph)
+        images = pipe(**REQUEST)
+        assert psnr(images, reference, peak=1.0) >= GPU_IMAGE_MIN_PSNR_DB["fp32"]
+
+
+@needs_trt
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_trt_engines_build_once_and_match_the_cpu(reference, tmp_path, precision):
+    from edgediff.engines.build import build_engines
+    from edgediff.engines.plan import BuildRequest
+    from edgediff.engines.tensorrt_builder import build_engine, current_platform
+
+    root = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, root)
+    request = BuildRequest(precision=precision)
+    platform = current_platform()
+    built = build_engines(root, request, platform, build_engine)
+    assert not any(r.reused for r in built)
+    assert all(r.reused for r in build_engines(root, request, platform, build_engine))
+    assert (root / f"engines/timing-trt{platform.tensorrt_version}-sm{platform.sm}.cache").is_file()
+    pipe = Pipeline.load(root, backend="trt", precision=precision)
+    images = pipe(**REQUEST)
+    assert psnr(images, reference, peak=1.0) >= GPU_IMAGE_MIN_PSNR_DB[precision]
+
+
+@needs_trt
+def test_static_trt_engines_replay_cuda_graphs_and_refuse_other_shapes(reference, tmp_path):
+    from edgediff.engines.build import build_engines
+    from edgediff.engines.plan import BuildRequest
+    from edgediff.engines.profiles import Span
+    from edgediff.engines.tensorrt_builder import build_engine, current_platform
+    from edgediff.errors import InputError
+    from edgediff.runtime.backends.tensorrt import TrtBackend
+
+    root = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, root)
+    build_engines(
+        root, BuildRequest(batch=Span(2, 2, 2), static=True), current_platform(), build_engine
+    )
+    pipe = Pipeline.load(root, backend=TrtBackend(cuda_graph=True))
+    first, second = pipe(**REQUEST), pipe(**REQUEST)
+    np.testing.assert_array_equal(first, second)
+    assert psnr(first, reference, peak=1.0) >= GPU_IMAGE_MIN_PSNR_DB["fp16"]
+    with pytest.raises(InputError, match="outside the engine's profile"):
+        pipe("one prompt only", seed=1)
