@@ -75,6 +75,22 @@ def test_io_bound_sessions_give_the_same_images_across_shape_changes(reference):
     np.testing.assert_array_equal(pipe(**REQUEST), reference)  # and back
 
 
+def test_io_bound_inputs_are_copied_unless_the_same_read_only_array(reference):
+    session = OrtBackend("ort-cpu", io_binding=True).load(DEFAULT_BUNDLE / "vae_decoder/model.onnx")
+    plain = OrtBackend("ort-cpu").load(DEFAULT_BUNDLE / "vae_decoder/model.onnx")
+    latents = np.random.default_rng(0).standard_normal((1, 4, 16, 16), dtype=np.float32)
+    kept = latents.copy()
+    first = session.run({"latent_sample": latents})["sample"]
+    latents *= 2  # changed in place: a writable array is copied again
+    second = session.run({"latent_sample": latents})["sample"]
+    np.testing.assert_array_equal(second, plain.run({"latent_sample": latents})["sample"])
+    np.testing.assert_array_equal(kept * 2, latents)  # the session never wrote into it
+    assert not np.array_equal(first, second)
+    latents.flags.writeable = False  # read-only and passed again: may stay where it is
+    third = session.run({"latent_sample": latents})["sample"]
+    np.testing.assert_array_equal(third, second)
+
+
 def test_tensorrt_ep_caches_in_the_bundle_and_leaves_qdq_models_strongly_typed(tmp_path):
     float_options = provider_options("TensorrtExecutionProvider", "fp32", False, tmp_path / "c", 0)
     assert float_options["trt_fp16_enable"] == "True"

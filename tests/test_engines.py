@@ -7,7 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from edgediff.cli import cli
 from edgediff.engines.build import build_engines
 from edgediff.engines.plan import BuildRequest, builder_flags, plan_engines, resolve_precision
 from edgediff.engines.profiles import (
@@ -170,6 +172,9 @@ def test_same_key_skips_and_each_changed_part_rebuilds(bundle_dir):
         "opt": [2, 4, 16, 16],
         "max": [4, 4, 16, 16],
     }
+
+    info = CliRunner().invoke(cli, ["info", str(bundle_dir)]).output
+    assert "engines/unet.int8.plan" in info and "TensorRT 10.3.0, Orin (sm 8.7)" in info
 
     again = RecordingBuilder()
     assert all(r.reused for r in build_engines(bundle_dir, request, ORIN, again))

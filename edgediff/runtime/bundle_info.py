@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgediff.runtime.bundle import Bundle, ModelEntry, TensorSpec
+from edgediff.runtime.bundle import Bundle, EngineEntry, ModelEntry, TensorSpec
 
 
 def _table(header: list[str] | None, rows: list[list[str]]) -> str:
@@ -44,6 +44,21 @@ def _check(entry: ModelEntry) -> str:
             f"{kept} layer{'s' * (kept != 1)} kept in float"
         )
     return "not verified"
+
+
+def _engine_row(e: EngineEntry, size: int) -> list[str]:
+    flags = ", ".join(k for k, v in e.flags.items() if v is True)
+    profile = "; ".join(
+        f"{name} {'x'.join(map(str, p['min']))} .. {'x'.join(map(str, p['max']))}"
+        for name, p in e.profile.items()
+    )
+    return [
+        e.file,
+        f"{e.precision} ({flags})",
+        _size(size),
+        f"TensorRT {e.tensorrt_version}, {e.gpu_name} (sm {e.compute_capability})",
+        profile,
+    ]
 
 
 def format_bundle(bundle: Bundle) -> str:
@@ -102,5 +117,13 @@ def format_bundle(bundle: Bundle) -> str:
         _table(["component", "inputs", "outputs"], io_rows),
     ]
     if m.engines:
-        parts.append(_table(["engine"], [[str(e)] for e in m.engines]))
+        parts.append(
+            _table(
+                ["engine", "precision", "size", "built for", "profile (min .. max)"],
+                [
+                    _engine_row(e, m.files[e.file].bytes if e.file in m.files else 0)
+                    for e in m.engines
+                ],
+            )
+        )
     return "\n\n".join(parts)

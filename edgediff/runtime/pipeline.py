@@ -159,7 +159,9 @@ class Pipeline:
         ids = self.tokenizer(texts)
         embeddings = self._run("text_encoder", input_ids=ids)["last_hidden_state"]
         # Image i of prompt p sits at p * per_prompt + i, as in diffusers.
-        return np.repeat(embeddings.astype(np.float32), per_prompt, axis=0)
+        cond = np.repeat(embeddings.astype(np.float32), per_prompt, axis=0)
+        cond.flags.writeable = False  # lets device backends keep it on the GPU for every step
+        return cond
 
     def initial_latents(
         self, batch: int, height: int, width: int, rng: np.random.Generator

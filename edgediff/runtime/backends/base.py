@@ -15,8 +15,17 @@ class Session(Protocol):
     output_names: tuple[str, ...]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model on host arrays named as its inputs; return host arrays by output name."""
+        """Run the model on host arrays named as its inputs; return host arrays by output name.
+
+        A device backend may skip copying an input that is the very array of its last call
+        and read-only (so it cannot have changed); the pipeline passes its text embeddings so.
+        """
         ...
+
+
+def unchanged(array: np.ndarray, last: np.ndarray | None) -> bool:
+    """Whether `array` is the read-only array a session was given last time (no copy needed)."""
+    return array is last and not array.flags.writeable
 
 
 class Backend(Protocol):

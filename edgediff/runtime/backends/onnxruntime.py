@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgediff.errors import BackendError
+from edgediff.runtime.backends.base import unchanged
 
 # Backend name -> execution providers in priority order (ORT falls back along the list).
 PROVIDERS: dict[str, tuple[str, ...]] = {
@@ -79,6 +80,7 @@ class BoundOrtSession(OrtSession):
         self._shapes: tuple | None = None
         self._inputs: dict[str, Any] = {}
         self._outputs: list[Any] | None = None
+        self._held: dict[str, np.ndarray] = {}  # the last call's feeds
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Copy feeds into the bound device buffers, run, return host copies of the outputs."""
@@ -89,7 +91,9 @@ class BoundOrtSession(OrtSession):
             self._shapes = shapes
         else:
             for name in self.input_names:
-                self._inputs[name].update_inplace(feeds[name])
+                if not unchanged(feeds[name], self._held.get(name)):
+                    self._inputs[name].update_inplace(feeds[name])
+        self._held = feeds
         self._session.run_with_iobinding(self._binding)
         if self._outputs is None:  # first call at these shapes: keep what ORT allocated
             self._outputs = self._binding.get_outputs()
@@ -106,7 +110,9 @@ class BoundOrtSession(OrtSession):
         self._binding.clear_binding_inputs()
         self._binding.clear_binding_outputs()
         for name in self.input_names:
-            value = self._ort.OrtValue.ortvalue_from_numpy(feeds[name], *self._device)
+            # A copy: on the CPU device the OrtValue would otherwise wrap (and later be
+            # overwritten through) the caller's array.
+            value = self._ort.OrtValue.ortvalue_from_numpy(feeds[name].copy(), *self._device)
             self._binding.bind_ortvalue_input(name, value)
             self._inputs[name] = value
         for name in self.output_names:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgediff.errors import BackendError
+from edgediff.runtime.backends.base import unchanged
 from edgediff.runtime.cuda import Cuda, handle
 from edgediff.runtime.engine_compat import Platform, require_in_profile
 
@@ -60,6 +61,7 @@ class TrtSession:
         if self._context is None:
             raise BackendError("TensorRT could not create an execution context", _REBUILD)
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, capacity)
+        self._held: dict[str, np.ndarray] = {}  # each input's last host array
         self._use_graph = cuda_graph and all(lo == hi for lo, hi in self._ranges.values())
         self._graph: Any = None
 
@@ -86,7 +88,10 @@ class TrtSession:
             require_in_profile(name, array.shape, *self._ranges[name])
             if not self._context.set_input_shape(name, array.shape):
                 raise BackendError(f"TensorRT refused shape {array.shape} for input '{name}'")
-            self._cuda.upload(self._buffer(name, array.nbytes), array)
+            pointer = self._buffer(name, array.nbytes)
+            if not unchanged(array, self._held.get(name)):
+                self._cuda.upload(pointer, array)
+            self._held[name] = array
         outputs = {}
         for name in self.output_names:
             shape = tuple(self._context.get_tensor_shape(name))
@@ -116,6 +121,7 @@ class TrtSession:
             if not self._context.set_tensor_address(name, pointer):
                 raise BackendError(f"TensorRT refused the address of tensor '{name}'")
             self._graph = None
+            self._held.pop(name, None)  # a new buffer holds nothing yet
         return pointer
 
     def _enqueue(self) -> None:
