@@ -57,8 +57,10 @@ class Cuda:
 
     def __init__(self, device: int = 0):
         self.rt = import_cudart()
-        count = _check(self.rt, "device query", self.rt.cudaGetDeviceCount())
-        if count == 0 or device >= count:
+        err, count = self.rt.cudaGetDeviceCount()
+        if err != self.rt.cudaError_t.cudaSuccess:
+            count = 0  # no driver, or a driver older than this CUDA: no usable GPU either way
+        if device >= count:
             raise BackendError(
                 f"no CUDA GPU {device} on this machine ({count} found)",
                 "Run on a machine with an NVIDIA GPU and its driver, or use --backend ort-cpu",

@@ -202,7 +202,13 @@ def provider_options(
         # Q/DQ models get no precision flags: with TensorRT 10 the EP then builds a strongly
         # typed network that runs each layer in the type its Q/DQ pairs give it.
         if cache_dir is not None:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            try:
+                Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise BackendError(
+                    f"ort-trt cannot create its engine cache '{cache_dir}' ({e.strerror})",
+                    "Copy the bundle to a folder you can write to and load it from there",
+                ) from None
             options.update(
                 trt_engine_cache_enable="True",
                 trt_engine_cache_path=str(cache_dir),
