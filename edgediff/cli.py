@@ -514,6 +514,99 @@ def build(
 
 
 @cli.command()
+@click.argument("bundle_dir", type=click.Path(path_type=Path), required=False)
+@click.option("--backends", default="ort-cpu", show_default=True, help="Comma list of backends.")
+@click.option(
+    "--precisions",
+    default=None,
+    help="Comma list (fp32, fp16, int8, fp8). Default: every precision the bundle's U-Net has.",
+)
+@click.option("--steps", default="2,4,8,16", show_default=True, help="Comma list of DDIM steps.")
+@click.option(
+    "--prompts", default=64, show_default=True, help="Prompts scored for accuracy (shapes)."
+)
+@click.option("--runs", default=10, show_default=True, help="Timed runs after the warm-up.")
+@click.option("--warmup", default=2, show_default=True, help="Untimed runs first.")
+@click.option("--guidance", default=DEFAULT_GUIDANCE, show_default=True, help="Guidance scale.")
+@click.option("--seed", default=0, show_default=True, help="Seed of every generation.")
+@click.option(
+    "--architecture",
+    type=click.Choice(["shapes", "sd15"]),
+    default="shapes",
+    show_default=True,
+    help="shapes: the shapes model, accuracy scored by the evaluator. sd15: Stable Diffusion "
+    "1.5 sizes with random weights (built into OUT/sd15 when no BUNDLE_DIR is given; needs "
+    "[train]), latency and memory only, plus diffusers' PyTorch pipeline as a reference row.",
+)
+@click.option("--size", type=int, default=None, help="Image side in pixels (default: model's).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("bench"),
+    show_default=True,
+    help="Folder for report.json, report.md, pareto.png (and the outputs rows were scored on).",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="sd15: the diffusers checkpoint of BUNDLE_DIR, for the PyTorch reference row "
+    "(default: the one built into OUT/sd15).",
+)
+@click.option("--force", is_flag=True, help="Replace a report of other settings in --out.")
+def bench(
+    bundle_dir, backends, precisions, steps, prompts, runs, warmup, guidance, seed,
+    architecture, size, out, checkpoint, force,
+) -> None:  # fmt: skip
+    """Measure accuracy against latency for every backend × precision × steps combination.
+
+    Per configuration: latency of the text encoder, one U-Net step, the VAE decoder and the
+    whole image (median and p90 over --runs after --warmup), images per second, peak memory
+    (each configuration runs in its own process), file sizes; and against fp32 on the CPU at
+    the same prompt, seed and steps: PSNR of final latents, PSNR and SSIM of images, and on
+    the shapes model the evaluator's caption accuracy and KID. Writes OUT/report.json,
+    OUT/report.md and OUT/pareto.png. Started again with the same settings, it measures only
+    the configurations that are missing.
+    """
+    from edgediff.bench.configs import expand, parse_list, parse_steps
+    from edgediff.bench.run import BenchSettings, run_bench
+    from edgediff.runtime.bundle import Bundle
+    from edgediff.runtime.pipeline import default_bundle
+
+    if bundle_dir is None:
+        if architecture == "sd15":
+            from edgediff.bench.sd15 import prepare_sd15
+
+            bundle_dir = prepare_sd15(out / "sd15")
+            checkpoint = checkpoint or out / "sd15" / "checkpoint"
+        else:
+            bundle_dir = default_bundle()
+    bundle = Bundle.open(bundle_dir)
+    unet_precisions = sorted(bundle.manifest.components["unet"].models, key=_precision_order)
+    wanted = unet_precisions if precisions is None else parse_list(precisions, "precisions")
+    settings = BenchSettings(
+        architecture=architecture,
+        prompts=prompts if architecture == "shapes" else 1,
+        runs=runs,
+        warmup=warmup,
+        seed=seed,
+        guidance=guidance,
+        height=size,
+        width=size,
+    )
+    configs = expand(parse_list(backends, "backends"), wanted, parse_steps(steps))
+    if checkpoint is not None and architecture != "sd15":
+        raise InputError("--checkpoint is for --architecture sd15's PyTorch reference row")
+    run_bench(bundle_dir, configs, settings, out, force=force, checkpoint=checkpoint)
+    click.echo(f"wrote {out / 'report.json'}, {out / 'report.md'} and {out / 'pareto.png'}")
+
+
+def _precision_order(precision: str) -> int:
+    order = ["fp32", "fp16", "int8", "fp8"]
+    return order.index(precision) if precision in order else len(order)
+
+
+@cli.command()
 @click.argument("stage", type=click.Choice(["all", "vae", "clip", "unet"]), default="all")
 @click.option(
     "--out",

@@ -1,4 +1,4 @@
-"""Metrics (numpy): paired PSNR, and over evaluator readings per-attribute accuracy and KID."""
+"""Metrics (numpy): paired PSNR, SSIM; over evaluator readings, attribute accuracy and KID."""
 
 from __future__ import annotations
 
@@ -36,6 +36,35 @@ def paired_psnr(actual: np.ndarray, reference: np.ndarray, peak: float | None = 
     if len(actual) != len(reference):
         raise ValueError(f"{len(actual)} samples against {len(reference)} references")
     return float(np.mean([psnr(a, r, peak) for a, r in zip(actual, reference, strict=True)]))
+
+
+def _gaussian_filter(x: np.ndarray, sigma: float = 1.5, radius: int = 5) -> np.ndarray:
+    """'valid' 2-D Gaussian filtering over axes 1 and 2 of an N×H×W×C array (separable)."""
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-(offsets**2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    size = len(kernel)
+    h, w = x.shape[1] - size + 1, x.shape[2] - size + 1
+    rows = sum(kernel[i] * x[:, i : i + h] for i in range(size))
+    return sum(kernel[j] * rows[:, :, j : j + w] for j in range(size))
+
+
+def ssim(actual: np.ndarray, reference: np.ndarray, data_range: float = 1.0) -> float:
+    """Mean structural similarity (Wang et al. 2004: 11×11 Gaussian window, sigma 1.5,
+    K1 0.01, K2 0.03) of N×H×W×C images, over pixels, channels and images; 1 when equal."""
+    x = np.asarray(actual, dtype=np.float64)
+    y = np.asarray(reference, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 4 or min(x.shape[1:3]) < 11:
+        raise ValueError(f"ssim needs two N×H×W×C arrays of one shape, sides >= 11; got {x.shape}")
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = _gaussian_filter(x), _gaussian_filter(y)
+    var_x = _gaussian_filter(x * x) - mu_x**2
+    var_y = _gaussian_filter(y * y) - mu_y**2
+    cov = _gaussian_filter(x * y) - mu_x * mu_y
+    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    )
+    return float(index.mean())
 
 
 def attribute_accuracy(readings: Readings, targets: Sequence[Attributes]) -> dict[str, float]:

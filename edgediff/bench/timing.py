@@ -17,6 +17,17 @@ class Latency:
     p90: float
     runs: int
 
+    def as_dict(self) -> dict[str, float]:
+        """JSON-ready form (seconds rounded to microseconds)."""
+        return {"median": round(self.median, 6), "p90": round(self.p90, 6), "runs": self.runs}
+
+
+def summarize(seconds: list[float]) -> Latency:
+    """Median and p90 of timed calls."""
+    if not seconds:
+        raise ValueError("no timed runs to summarize")
+    return Latency(float(np.median(seconds)), float(np.percentile(seconds, 90)), len(seconds))
+
 
 def measure_latency(call: Callable[[], object], runs: int = 20, warmup: int = 3) -> Latency:
     """Time `call()` `runs` times after `warmup` untimed calls."""
@@ -29,4 +40,4 @@ def measure_latency(call: Callable[[], object], runs: int = 20, warmup: int = 3)
         start = time.perf_counter()
         call()
         seconds.append(time.perf_counter() - start)
-    return Latency(float(np.median(seconds)), float(np.percentile(seconds, 90)), runs)
+    return summarize(seconds)

@@ -108,6 +108,8 @@ class Pipeline:
         self.backend = backend
         self.config = bundle.manifest.model
         self.last_timings = Timings()
+        # The bundle files each component was loaded from (set by load()).
+        self.model_files: dict[str, tuple[str, ...]] = {}
 
     @classmethod
     def load(
@@ -141,7 +143,9 @@ class Pipeline:
             manifest.tokenizer.pad_token_id,
         )
         scheduler = DDIMScheduler.from_config(manifest.scheduler)
-        return cls(bundle, sessions, tokenizer, scheduler, backend)
+        pipeline = cls(bundle, sessions, tokenizer, scheduler, backend)
+        pipeline.model_files = {name: files for name, (_, _, files) in models.items()}
+        return pipeline
 
     # ------------------------------------------------------------ small named helpers
 

@@ -1,0 +1,52 @@
+"""What a bench measures: one configuration is a backend, a precision and a step count."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from edgediff.errors import InputError
+
+REFERENCE_BACKEND, REFERENCE_PRECISION = "ort-cpu", "fp32"
+
+
+@dataclass(frozen=True, order=True)
+class Config:
+    """One point of the bench."""
+
+    backend: str
+    precision: str
+    steps: int
+
+    @property
+    def id(self) -> str:
+        """Stable name of the configuration, the key of its row in report.json."""
+        return f"{self.backend}/{self.precision}/{self.steps}"
+
+    @property
+    def reference(self) -> Config:
+        """The configuration accuracy is measured against: fp32 on the CPU, same steps."""
+        return Config(REFERENCE_BACKEND, REFERENCE_PRECISION, self.steps)
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    """'a,b, c' -> ['a', 'b', 'c'] (duplicates dropped, order kept); empty is an error."""
+    items = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    if not items:
+        raise InputError(f"--{what} is empty", f"Give a comma-separated list, e.g. --{what} 2,4,8")
+    return items
+
+
+def parse_steps(text: str) -> list[int]:
+    """'2,4,8' -> [2, 4, 8], each a positive integer."""
+    items = parse_list(text, "steps")
+    if not all(i.isdigit() and int(i) > 0 for i in items):
+        raise InputError(f"--steps '{text}' must list positive integers", "e.g. --steps 2,4,8,16")
+    return [int(i) for i in items]
+
+
+def expand(backends: list[str], precisions: list[str], steps: list[int]) -> list[Config]:
+    """Every combination, references first (so accuracy can be measured as rows finish)."""
+    configs = [Config(b, p, s) for b, p, s in itertools.product(backends, precisions, steps)]
+    references = [c.reference for c in configs]
+    return list(dict.fromkeys(references + configs))

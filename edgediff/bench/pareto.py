@@ -1,0 +1,76 @@
+"""The accuracy-vs-latency picture: which configurations no other one beats on both."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from edgediff.errors import InputError
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates (lower or equal latency x and higher or
+    equal accuracy y, better in one), sorted by latency."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (x2 <= x and y2 >= y) and (x2 < x or y2 > y)
+            for j, (x2, y2) in enumerate(points)
+            if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i])
+
+
+def pyplot():
+    """matplotlib.pyplot drawing to files only, or an error saying how to install it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise InputError(
+            "the bench's plot needs matplotlib, which is not installed",
+            "pip install 'edgediff[bench]'",
+        ) from None
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot(
+    labels: Sequence[str],
+    points: Sequence[tuple[float, float]],
+    path: Path,
+    x_label: str,
+    y_label: str,
+    title: str,
+    higher_is_better: bool = True,
+) -> None:
+    """Scatter the labelled points, draw the Pareto front, save a PNG to `path`."""
+    plt = pyplot()
+
+    front = pareto_front(points if higher_is_better else [(x, -y) for x, y in points])
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    xs, ys = zip(*points, strict=True)
+    ax.scatter(xs, ys, color="tab:gray", zorder=2)
+    ax.plot(
+        [points[i][0] for i in front],
+        [points[i][1] for i in front],
+        color="tab:red",
+        marker="o",
+        zorder=3,
+        label="Pareto front (nothing else is both faster and better)",
+    )
+    for label, (x, y) in zip(labels, points, strict=True):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.margins(x=0.2, y=0.08)  # room for the labels of the outermost points
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)

@@ -1,0 +1,250 @@
+"""`edgediff bench`: measure every configuration, write report.json, report.md and pareto.png.
+
+Each configuration runs in a child process (edgediff.bench.measure) so its peak memory is its
+own. Rows are written to report.json as they finish, with the outputs they were scored on
+kept under OUT/outputs/, so a bench that is interrupted and started again with the same
+settings measures only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgediff import __version__
+from edgediff.bench.configs import Config
+from edgediff.errors import EdgediffError, InputError
+from edgediff.runtime.bundle import MANIFEST, Bundle
+from edgediff.runtime.files import atomic_path, atomic_write_text, sha256_file
+
+FORMAT = "edgediff-bench"
+FORMAT_VERSION = 1
+ARCHITECTURES = ("shapes", "sd15")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Everything besides the configurations that a row's numbers depend on."""
+
+    architecture: str = "shapes"
+    prompts: int = 64
+    runs: int = 10
+    warmup: int = 2
+    seed: int = 0
+    guidance: float = 3.0
+    height: int | None = None
+    width: int | None = None
+    batch_size: int = 16
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import onnxruntime
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "edgediff": __version__,
+    }
+
+
+def prompts_for(settings: BenchSettings) -> list[str]:
+    """The prompts every configuration generates: shapes eval captions, or one SD prompt."""
+    if settings.architecture == "sd15":
+        return ["a photo of an astronaut riding a horse on mars"]
+    from edgediff.bench.caption_eval import eval_prompts
+    from edgediff.models.shapes import canonical_caption
+
+    return [canonical_caption(a) for a in eval_prompts(settings.prompts)]
+
+
+def _outputs_path(out: Path, config: Config) -> Path:
+    return out / "outputs" / (config.id.replace("/", "_") + ".npz")
+
+
+DIFFUSERS = "diffusers-torch"  # the backend name of the PyTorch reference rows (sd15)
+
+
+def measure_in_child(
+    bundle: Path,
+    config: Config,
+    settings: BenchSettings,
+    prompts: list[str],
+    out: Path,
+    checkpoint: Path | None = None,
+) -> dict[str, Any]:
+    """Measure one configuration in a child process; its result, outputs saved under out."""
+    module = "edgediff.bench.sd15" if config.backend == DIFFUSERS else "edgediff.bench.measure"
+    spec = {
+        "bundle": str(bundle),
+        "checkpoint": str(checkpoint),
+        "backend": config.backend,
+        "precision": config.precision,
+        "steps": config.steps,
+        "guidance": settings.guidance,
+        "height": settings.height,
+        "width": settings.width,
+        "seed": settings.seed,
+        "runs": settings.runs,
+        "warmup": settings.warmup,
+        "batch_size": settings.batch_size,
+        "prompts": prompts,
+        "outputs": settings.architecture == "shapes",
+    }
+    final = _outputs_path(out, config)
+    with tempfile.TemporaryDirectory() as tmp, atomic_path(final) as outputs:
+        spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_path.write_text(json.dumps(spec))
+        command = [sys.executable, "-m", module, str(spec_path)]
+        proc = subprocess.run(
+            [*command, str(result_path), str(outputs)], capture_output=True, text=True
+        )
+        if proc.returncode:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise EdgediffError(f"measuring {config.id} failed: {last}")
+        result = json.loads(result_path.read_text())
+    return result  # (latency-only configurations leave an empty outputs file as a marker)
+
+
+def accuracy(
+    outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], is_reference: bool, scorer
+) -> dict[str, Any]:
+    """Paired PSNR/SSIM against the reference outputs, and the evaluator's caption scores."""
+    from edgediff.bench.metrics import paired_psnr, ssim
+
+    result: dict[str, Any] = {
+        "latent_psnr_db": None,  # null: identical to the reference (PSNR is infinite)
+        "image_psnr_db": None,
+        "image_ssim": 1.0,
+    }
+    if not is_reference:
+        latent = paired_psnr(outputs["latents"], reference["latents"])
+        image = paired_psnr(outputs["images"], reference["images"], peak=1.0)
+        result.update(
+            latent_psnr_db=None if np.isinf(latent) else round(latent, 2),
+            image_psnr_db=None if np.isinf(image) else round(image, 2),
+            image_ssim=round(ssim(outputs["images"], reference["images"]), 5),
+        )
+    if scorer is not None:
+        result.update(scorer(outputs["images"]))
+    return result
+
+
+def caption_scorer(settings: BenchSettings):
+    """A function images -> caption accuracy per attribute and KID, for the shapes model."""
+    from edgediff.bench.caption_eval import (
+        _REFERENCE_SEED_OFFSET,
+        eval_prompts,
+        real_images_for,
+        score,
+    )
+    from edgediff.bench.evaluator import Evaluator
+    from edgediff.runtime.images import to_uint8
+
+    evaluator = Evaluator.load()
+    attrs = eval_prompts(settings.prompts)
+    real = real_images_for(eval_prompts(settings.prompts, _REFERENCE_SEED_OFFSET), 0)
+
+    def scorer(images: np.ndarray) -> dict[str, Any]:
+        scores = score(evaluator, to_uint8(images), real, attrs)
+        return {
+            "caption_accuracy": {k: round(v, 4) for k, v in scores.accuracy.items()},
+            "kid": [round(v, 5) for v in scores.kid],
+        }
+
+    return scorer
+
+
+def _header(bundle: Path, settings: BenchSettings) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bundle": str(bundle),
+        "bundle_manifest_sha256": sha256_file(bundle / MANIFEST),
+        "settings": asdict(settings),
+    }
+
+
+def load_finished(out: Path, header: dict[str, Any], force: bool) -> list[dict[str, Any]]:
+    """Rows of an earlier run of the same bench in `out`, to be reused; [] if none."""
+    path = out / "report.json"
+    if not path.is_file() or force:
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        old = {}
+    same = all(old.get(k) == v for k, v in header.items() if k != "bundle")
+    if not same:
+        raise InputError(
+            f"{path} holds a bench of another bundle or other settings",
+            "Pass --force to replace it, or choose another --out",
+        )
+    return [r for r in old.get("rows", []) if _outputs_path(out, Config(**r["config"])).exists()]
+
+
+def run_bench(
+    bundle: str | Path,
+    configs: list[Config],
+    settings: BenchSettings,
+    out: str | Path,
+    force: bool = False,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+) -> dict[str, Any]:
+    """Measure every configuration (reusing finished rows); write the three report files.
+
+    With `checkpoint` (sd15), diffusers' PyTorch pipeline on it is measured as one more row
+    per step count.
+    """
+    from tqdm.auto import tqdm
+
+    from edgediff.bench.pareto import pyplot
+    from edgediff.bench.report import write_markdown, write_plot
+
+    bundle, out = Path(bundle), Path(out)
+    Bundle.open(bundle)  # a bad bundle or a missing matplotlib fails before any measuring
+    pyplot()
+    header = _header(bundle, settings)
+    rows = {r["id"]: r for r in load_finished(out, header, force)}
+    report = {**header, "machine": machine(), "rows": []}
+    prompts = prompts_for(settings)
+    if checkpoint is not None:
+        steps = dict.fromkeys(c.steps for c in configs)
+        configs = [*configs, *(Config(DIFFUSERS, "fp32", n) for n in steps)]
+    scorer = caption_scorer(settings) if settings.architecture == "shapes" else None
+    with tqdm(configs, desc="bench", unit="config", disable=not progress) as bar:
+        for config in bar:
+            bar.set_postfix_str(config.id)
+            if config.id not in rows:
+                result = measure_in_child(bundle, config, settings, prompts, out, checkpoint)
+                rows[config.id] = {"id": config.id, "config": asdict(config), **result}
+                if scorer is not None:
+                    rows[config.id]["accuracy"] = accuracy(
+                        _load(_outputs_path(out, config)),
+                        _load(_outputs_path(out, config.reference)),
+                        config == config.reference,
+                        scorer,
+                    )
+            report["rows"] = [rows[c.id] for c in configs if c.id in rows]
+            atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_markdown(report, out / "report.md")
+    write_plot(report, out / "pareto.png")
+    return report
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}

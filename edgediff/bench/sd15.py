@@ -1,0 +1,118 @@
+"""Stable Diffusion 1.5 sizes with random weights: the bundle a latency bench runs on, and the
+diffusers PyTorch pipeline on the same weights as its reference row.
+
+Latency and memory do not depend on weight values, so random weights give honest speed figures
+at real sizes without downloading a model. Building needs the [train] extra (torch, diffusers),
+~12 GB of disk and ~16 GB of memory; the bundle is built once and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edgediff.bench.timing import summarize
+from edgediff.errors import EdgediffError
+
+
+def _child(code: str, *args: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise EdgediffError(f"building the SD 1.5 bundle failed: {last}")
+
+
+def prepare_sd15(work: Path) -> Path:
+    """A random-weight SD 1.5 checkpoint in work/checkpoint and its bundle in work/bundle."""
+    checkpoint, bundle = work / "checkpoint", work / "bundle"
+    if not (checkpoint / "model_index.json").exists():
+        print(f"building a random SD 1.5 checkpoint in {checkpoint} (once)", file=sys.stderr)
+        _child(
+            "import sys; from edgediff.models.presets import save_random_checkpoint;"
+            "save_random_checkpoint('sd15', sys.argv[1], force=True)",
+            str(checkpoint),
+        )
+    if not (bundle / "manifest.json").exists():
+        print(f"exporting it to {bundle} (once, ~10 min on 2 cores)", file=sys.stderr)
+        _child(
+            "import sys; from edgediff.export import export_checkpoint;"
+            "export_checkpoint(sys.argv[1], sys.argv[2], force=True, progress=False)",
+            str(checkpoint),
+            str(bundle),
+        )
+    return bundle
+
+
+def measure_diffusers(spec: dict[str, Any]) -> dict[str, Any]:
+    """diffusers' StableDiffusionPipeline (PyTorch, CPU) timed like a bench configuration."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    start = time.perf_counter()
+    pipe = StableDiffusionPipeline.from_pretrained(spec["checkpoint"], safety_checker=None)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    load_s = time.perf_counter() - start
+    spent: dict[str, float] = {}
+
+    def timed(module: torch.nn.Module, name: str) -> None:
+        begun: list[float] = []
+        module.register_forward_pre_hook(lambda *_: begun.append(time.perf_counter()))
+        module.register_forward_hook(
+            lambda *_: spent.__setitem__(
+                name, spent.get(name, 0.0) + time.perf_counter() - begun.pop()
+            )
+        )
+
+    timed(pipe.text_encoder, "text_encoder")
+    timed(pipe.unet, "unet")
+    timed(pipe.vae.decoder, "vae_decoder")
+    calls = []
+    for _ in range(spec["warmup"] + spec["runs"]):
+        spent.clear()
+        begin = time.perf_counter()
+        with torch.no_grad():
+            pipe(
+                spec["prompts"][0],
+                num_inference_steps=spec["steps"],
+                guidance_scale=spec["guidance"],
+                height=spec["height"],
+                width=spec["width"],
+                generator=torch.Generator().manual_seed(spec["seed"]),
+                output_type="np",
+            )
+        calls.append(
+            {
+                "text_encoder": spent.get("text_encoder", 0.0),
+                "unet_step": spent.get("unet", 0.0) / spec["steps"],
+                "vae_decoder": spent.get("vae_decoder", 0.0),
+                "end_to_end": time.perf_counter() - begin,
+            }
+        )
+    calls = calls[spec["warmup"] :]
+    latency = {k: summarize([c[k] for c in calls]) for k in calls[0]}
+    sizes = {
+        name: sum(
+            f.stat().st_size for f in (Path(spec["checkpoint"]) / folder).glob("*.safetensors")
+        )
+        for name, folder in (("text_encoder", "text_encoder"), ("unet", "unet"), ("vae", "vae"))
+    }
+    return {
+        "load_s": round(load_s, 3),
+        "latency_s": {k: v.as_dict() for k, v in latency.items()},
+        "images_per_s": round(1.0 / latency["end_to_end"].median, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "gpu_memory_mb": None,
+        "file_mb": {k: round(v / 2**20, 3) for k, v in sizes.items()},
+    }
+
+
+if __name__ == "__main__":
+    spec_path, result_path = map(Path, sys.argv[1:3])
+    result = measure_diffusers(json.loads(spec_path.read_text()))
+    result_path.write_text(json.dumps(result))
