@@ -14,7 +14,8 @@ prompt with classifier-free guidance):
     python benchmarks/quant_cpu.py --work /work/quantbench [--threads 2] [--runs 20] [--skip-sd15]
 
 Inputs are real recorded U-Net feeds: the shapes bundle is calibrated with the shipped prompts,
-the SD 1.5 bundle (made by sd15_cpu.prepare, ~12 GB disk) samples a few prompts at 256x256.
+the SD 1.5 bundle (made by edgediff.bench.sd15.prepare_sd15, ~12 GB disk) samples a few prompts
+at 256x256.
 Quantising the SD U-Net peaks near 14 GB of memory; every heavy step runs in a child process
 of its own, one at a time. Quantised models and recordings are kept in --work and reused.
 """
@@ -40,9 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-# sd15_cpu.py sits beside this file, outside the package: import it as its siblings would.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Placement name -> what it quantises. "cpu" is `edgediff quantize --target cpu` (uint8
 # asymmetric activations, 7-bit int8 weights: what ORT's fast x86 kernels take); the others
@@ -306,12 +304,11 @@ def record_sd15(bundle: Path, out: Path, threads: int) -> None:
 
 
 def prepare_sd15(work: Path, sd15_work: Path, threads: int) -> Model:
-    """Random SD 1.5 bundle (sd15_cpu.prepare) and recorded 32x32-latent U-Net feeds."""
-    from sd15_cpu import prepare
-
+    """Random SD 1.5 bundle (edgediff.bench.sd15) and recorded 32x32-latent U-Net feeds."""
+    from edgediff.bench.sd15 import prepare_sd15 as build_sd15
     from edgediff.runtime.bundle import Bundle
 
-    _, bundle, _ = prepare(sd15_work)
+    _, bundle, _ = build_sd15(sd15_work)
     calib = work / "sd15-calib"
     if not (calib / "done").exists():
         start = time.perf_counter()
@@ -456,7 +453,10 @@ def main() -> None:
         help="scratch folder for bundles, recordings and int8 models",
     )
     parser.add_argument(
-        "--sd15-work", type=Path, default=None, help="sd15_cpu.prepare folder (default WORK/sd15)"
+        "--sd15-work",
+        type=Path,
+        default=None,
+        help="SD 1.5 checkpoint+bundle folder (default WORK/sd15)",
     )
     parser.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
     parser.add_argument(

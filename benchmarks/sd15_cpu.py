@@ -17,50 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from edgediff.bench.sd15 import prepare_sd15
+
 PROMPT = "a photo of an astronaut riding a horse"
-
-
-def _child(code: str, *args: str) -> tuple[float, float]:
-    """Run python code in a child; return (wall seconds, largest process peak RSS in GB)."""
-    # The export runs the U-Net in a helper process of its own: report the larger of the two
-    # peaks (they overlap in time, so the machine's peak is at most their sum).
-    code += (
-        "; import resource as r; print(max(r.getrusage(r.RUSAGE_SELF).ru_maxrss,"
-        " r.getrusage(r.RUSAGE_CHILDREN).ru_maxrss))"
-    )
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          check=False)
-    wall = time.perf_counter() - start
-    if proc.returncode:
-        sys.exit(f"child failed:\n{proc.stderr[-3000:]}")
-    return wall, int(proc.stdout.split()[-1]) / 2**20  # ru_maxrss is in KiB on Linux
-
-
-def prepare(work: Path) -> tuple[Path, Path, dict]:
-    """Random SD 1.5 checkpoint and its fp32 bundle (reused if already there)."""
-    checkpoint, bundle = work / "checkpoint", work / "bundle"
-    facts = {}
-    if not (checkpoint / "model_index.json").exists():
-        wall, _ = _child(
-            "import sys; from edgediff.models.presets import save_random_checkpoint;"
-            "save_random_checkpoint('sd15', sys.argv[1], force=True)", str(checkpoint))
-        print(f"random checkpoint: {wall:.0f} s")
-    if not (bundle / "manifest.json").exists():
-        wall, peak = _child(
-            "import sys; from edgediff.export import export_checkpoint;"
-            "export_checkpoint(sys.argv[1], sys.argv[2], force=True, progress=False)",
-            str(checkpoint), str(bundle))
-        facts = {"export_seconds": round(wall, 1), "export_peak_rss_gb": round(peak, 2)}
-        print(f"export: {wall:.0f} s wall, peak RSS {peak:.1f} GB")
-    return checkpoint, bundle, facts
 
 
 def main() -> None:
@@ -74,7 +38,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    checkpoint, bundle, facts = prepare(args.work)
+    checkpoint, bundle, facts = prepare_sd15(args.work)
 
     import torch
     from diffusers import StableDiffusionPipeline
@@ -92,8 +56,13 @@ def main() -> None:
     f = pipe.config.vae_scale_factor
     shape = (1, pipe.config.latent_channels, args.size // f, args.size // f)
     latents = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    kwargs = dict(num_inference_steps=args.steps, guidance_scale=args.guidance,
-                  height=args.size, width=args.size, output_type="np")
+    kwargs = dict(
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        height=args.size,
+        width=args.size,
+        output_type="np",
+    )
 
     ours, theirs, overheads, sessions = [], [], [], []
     for run in range(args.runs + 1):  # run 0 warms up both
@@ -110,13 +79,18 @@ def main() -> None:
             theirs.append(t_theirs)
             sessions.append(timings.backend)
             overheads.append((t_ours - timings.backend) / timings.backend)
-        print(f"run {run}{' (warm-up)' if not run else ''}: edgediff {t_ours:.2f} s, "
-              f"diffusers {t_theirs:.2f} s, max |image diff| {np.abs(a - b).max():.2e}")
+        print(
+            f"run {run}{' (warm-up)' if not run else ''}: edgediff {t_ours:.2f} s, "
+            f"diffusers {t_theirs:.2f} s, max |image diff| {np.abs(a - b).max():.2e}"
+        )
 
     result = {
         **facts,
-        "size": args.size, "steps": args.steps, "guidance": args.guidance,
-        "threads": args.threads, "runs": args.runs,
+        "size": args.size,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "threads": args.threads,
+        "runs": args.runs,
         "pipeline_load_seconds": round(load_s, 1),
         "edgediff_seconds_per_image": round(statistics.median(ours), 3),
         "diffusers_seconds_per_image": round(statistics.median(theirs), 3),

@@ -577,8 +577,8 @@ def bench(
         if architecture == "sd15":
             from edgediff.bench.sd15 import prepare_sd15
 
-            bundle_dir = prepare_sd15(out / "sd15")
-            checkpoint = checkpoint or out / "sd15" / "checkpoint"
+            built_checkpoint, bundle_dir, _ = prepare_sd15(out / "sd15")
+            checkpoint = checkpoint or built_checkpoint
         else:
             bundle_dir = default_bundle()
     bundle = Bundle.open(bundle_dir)

@@ -20,16 +20,26 @@ from edgediff.bench.timing import summarize
 from edgediff.errors import EdgediffError
 
 
-def _child(code: str, *args: str) -> None:
+def _child(code: str, *args: str) -> tuple[float, float]:
+    """Run python code in a child; (wall seconds, peak RSS in GB of it or its own children)."""
+    # The export runs the U-Net in a helper process of its own: report the larger peak.
+    code += (
+        "; import resource as r; print(max(r.getrusage(r.RUSAGE_SELF).ru_maxrss,"
+        " r.getrusage(r.RUSAGE_CHILDREN).ru_maxrss))"
+    )
+    start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise EdgediffError(f"building the SD 1.5 bundle failed: {last}")
+    return time.perf_counter() - start, int(proc.stdout.split()[-1]) / 2**20  # KiB -> GB
 
 
-def prepare_sd15(work: Path) -> Path:
-    """A random-weight SD 1.5 checkpoint in work/checkpoint and its bundle in work/bundle."""
+def prepare_sd15(work: Path) -> tuple[Path, Path, dict[str, float]]:
+    """A random-weight SD 1.5 checkpoint in work/checkpoint and its bundle in work/bundle
+    (each made only if missing); facts about the export when it ran now."""
     checkpoint, bundle = work / "checkpoint", work / "bundle"
+    facts: dict[str, float] = {}
     if not (checkpoint / "model_index.json").exists():
         print(f"building a random SD 1.5 checkpoint in {checkpoint} (once)", file=sys.stderr)
         _child(
@@ -39,13 +49,14 @@ def prepare_sd15(work: Path) -> Path:
         )
     if not (bundle / "manifest.json").exists():
         print(f"exporting it to {bundle} (once, ~10 min on 2 cores)", file=sys.stderr)
-        _child(
+        wall, peak = _child(
             "import sys; from edgediff.export import export_checkpoint;"
             "export_checkpoint(sys.argv[1], sys.argv[2], force=True, progress=False)",
             str(checkpoint),
             str(bundle),
         )
-    return bundle
+        facts = {"export_seconds": round(wall, 1), "export_peak_rss_gb": round(peak, 2)}
+    return checkpoint, bundle, facts
 
 
 def measure_diffusers(spec: dict[str, Any]) -> dict[str, Any]:
