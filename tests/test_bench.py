@@ -153,3 +153,21 @@ def test_an_interrupted_bench_command_picks_up_where_it_stopped(tmp_path):
     ]  # fmt: skip
     assert rows[: len(finished)] == finished
     assert all(Path(out, name).is_file() for name in ("report.md", "pareto.png"))
+
+
+def test_bad_requests_fail_in_one_line_before_anything_is_written(tmp_path):
+    from click.testing import CliRunner
+
+    from edgediff.cli import cli
+
+    out = tmp_path / "out"
+    for args, message in (
+        (["--precisions", "fp16"], "the bundle has no fp16 unet (it has: fp32, int8)"),
+        (["--steps", "0,2"], "--steps '0,2' must list positive integers"),
+        (["--backends", "ort-gpu"], "unknown backend 'ort-gpu'"),
+        ([str(tmp_path / "missing")], "bundle folder"),
+    ):
+        result = CliRunner().invoke(cli, ["bench", *args, "--out", str(out)])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert result.output.count("\n") == 1
+    assert not out.exists()

@@ -99,9 +99,14 @@ def measure(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]
 
 
 def main(argv: list[str]) -> None:
-    """Entry point of the child process."""
+    """Entry point of the child process; a user-fixable problem ends it with one line."""
+    from edgediff.errors import EdgediffError
+
     spec_path, result_path, outputs_path = map(Path, argv)
-    result, outputs = measure(json.loads(spec_path.read_text()))
+    try:
+        result, outputs = measure(json.loads(spec_path.read_text()))
+    except EdgediffError as e:
+        sys.exit(str(e))
     if outputs:
         with open(outputs_path, "wb") as f:
             np.savez(f, **outputs)

@@ -177,6 +177,20 @@ def _header(bundle: Path, settings: BenchSettings) -> dict[str, Any]:
     }
 
 
+def check_configs(bundle: Bundle, configs: list[Config]) -> None:
+    """Raise a one-line error for a backend that cannot run here or a precision the bundle
+    lacks, before a single configuration is measured."""
+    from edgediff.runtime.backends import get_backend
+
+    for name in dict.fromkeys(c.backend for c in configs):
+        get_backend(name)
+    for config in configs:
+        if config.backend == "trt":
+            bundle.engine("unet", config.precision)
+        else:
+            bundle.model("unet", config.precision)
+
+
 def load_finished(out: Path, header: dict[str, Any], force: bool) -> list[dict[str, Any]]:
     """Rows of an earlier run of the same bench in `out`, to be reused; [] if none."""
     path = out / "report.json"
@@ -215,7 +229,7 @@ def run_bench(
     from edgediff.bench.report import write_markdown, write_plot
 
     bundle, out = Path(bundle), Path(out)
-    Bundle.open(bundle)  # a bad bundle or a missing matplotlib fails before any measuring
+    check_configs(Bundle.open(bundle), configs)  # bad input fails before any measuring
     pyplot()
     header = _header(bundle, settings)
     rows = {r["id"]: r for r in load_finished(out, header, force)}
