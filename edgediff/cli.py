@@ -135,7 +135,8 @@ def _output_paths(out: Path, count: int) -> list[Path]:
     "--precision",
     default=None,
     help="fp32, fp16, int8 or fp8: the U-Net's model (and others' where the bundle has one). "
-    "Default: each component's default.",
+    "Default: each component's default. With --backend trt: the engines `edgediff build` made "
+    "at that precision (default: the only set built).",
 )
 @click.option(
     "--out",
