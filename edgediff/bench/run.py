@@ -29,6 +29,7 @@ from edgediff.runtime.files import atomic_path, atomic_write_text, sha256_file
 FORMAT = "edgediff-bench"
 FORMAT_VERSION = 1
 ARCHITECTURES = ("shapes", "sd15")
+DIFFUSERS = "diffusers-torch"  # the backend name of the PyTorch reference rows (sd15)
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,6 @@ def prompts_for(settings: BenchSettings) -> list[str]:
 
 def _outputs_path(out: Path, config: Config) -> Path:
     return out / "outputs" / (config.id.replace("/", "_") + ".npz")
-
-
-DIFFUSERS = "diffusers-torch"  # the backend name of the PyTorch reference rows (sd15)
 
 
 def measure_in_child(
