@@ -1,0 +1,86 @@
+"""The Python half of the C API (include/edgediff.h): what libedgediff calls into.
+
+The C library holds one `CPipeline` per `edgediff_pipeline` handle and calls `generate` with
+plain values; images come back as one bytes object of RGB8 pixels. A user's progress callback
+arrives as a C function address and is called through ctypes, so the C side needs no Python
+callable of its own. Exceptions become status codes by `status_of`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from edgediff.errors import BackendError, BundleError, EdgediffError, InputError
+from edgediff.runtime.images import to_uint8
+from edgediff.runtime.pipeline import Pipeline
+
+# Status codes, as include/edgediff.h numbers them.
+OK, INVALID_ARGUMENT, BUNDLE, BACKEND, CANCELLED, INTERNAL = 0, 1, 2, 3, 4, 5
+
+# int progress(void *user, int step, int steps): non-zero asks to cancel.
+PROGRESS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int)
+
+
+class CancelledError(EdgediffError):
+    """The application's progress callback asked to stop."""
+
+
+def status_of(error: BaseException) -> int:
+    """The C status code for an exception raised by this module."""
+    for kind, code in (
+        (CancelledError, CANCELLED),
+        (InputError, INVALID_ARGUMENT),
+        (BundleError, BUNDLE),
+        (BackendError, BACKEND),
+    ):
+        if isinstance(error, kind):
+            return code
+    return INTERNAL
+
+
+class CPipeline:
+    """A pipeline as one C handle sees it."""
+
+    def __init__(self, bundle: str, backend: str, precision: str):
+        self.pipeline = Pipeline.load(
+            bundle or None, backend=backend or "ort-cpu", precision=precision or None
+        )
+
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str | None,
+        steps: int,
+        guidance: float,
+        seed: int,
+        height: int,
+        width: int,
+        count: int,
+        progress: int,
+        user: int,
+    ) -> tuple[bytes, int, int, int]:
+        """(RGB8 pixels of `count` images, count, height, width) for one request."""
+        callback = None
+        if progress:
+            function = PROGRESS(progress)
+
+            def callback(step: int, steps_total: int, _latents: np.ndarray) -> None:
+                if function(user or None, step + 1, steps_total):
+                    raise CancelledError(f"cancelled by the progress callback at step {step + 1}")
+
+        images = self.pipeline(
+            prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=height or None,
+            width=width or None,
+            num_images_per_prompt=count,
+            seed=seed,
+            output_type="np",
+            callback=callback,
+        )
+        pixels = np.ascontiguousarray(to_uint8(images))
+        return pixels.tobytes(), pixels.shape[0], pixels.shape[1], pixels.shape[2]

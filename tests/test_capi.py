@@ -1,0 +1,117 @@
+"""The C API and C++ wrapper, built with CMake and driven through tests/capi/capi_test.cpp."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgediff.runtime.images import to_uint8
+from edgediff.runtime.pipeline import DEFAULT_BUNDLE, Pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(
+    shutil.which("cmake") is None or shutil.which("c++") is None,
+    reason="needs CMake and a C++ compiler",
+)
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory) -> Path:
+    """The library, the example and the test program, built from this checkout."""
+    build = tmp_path_factory.mktemp("cmake-build")
+    configure = [
+        "cmake", "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+        f"-DPython3_EXECUTABLE={sys.executable}",
+    ]  # fmt: skip
+    for command in (configure, ["cmake", "--build", str(build), "-j2"]):
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return build
+
+
+def _run(build: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "EDGEDIFF_PYTHON": sys.executable}
+    return subprocess.run(
+        [str(build / "capi_test"), *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_c_pixels_equal_the_python_apis(build, tmp_path):
+    out = tmp_path / "pixels.bin"
+    result = _run(
+        build, "pixels", str(DEFAULT_BUNDLE), str(out), "a small green star", "11", "8", "2"
+    )
+    assert result.returncode == 0, result.stderr
+    count, height, width = map(int, result.stdout.split())
+    pixels = np.fromfile(out, dtype=np.uint8).reshape(count, height, width, 3)
+    expected = Pipeline.load()(
+        "a small green star", seed=11, num_inference_steps=8, num_images_per_prompt=2,
+        output_type="np",
+    )  # fmt: skip
+    np.testing.assert_array_equal(pixels, to_uint8(expected))
+
+
+def test_failures_return_their_status_and_a_readable_message(build, tmp_path):
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(DEFAULT_BUNDLE, corrupt)
+    weights = bytearray((corrupt / "unet/model.onnx").read_bytes())
+    weights[1000] ^= 1
+    (corrupt / "unet/model.onnx").write_bytes(weights)
+    result = _run(build, "errors", str(DEFAULT_BUNDLE), str(corrupt))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("ok ") == 10 and "FAIL" not in result.stdout
+
+
+def test_threads_at_once_give_what_one_after_another_gives(build):
+    result = _run(build, "threads", str(DEFAULT_BUNDLE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok   three threads at once == one after another" in result.stdout
+
+
+def test_the_example_writes_a_ppm(build, tmp_path):
+    env = {**os.environ, "EDGEDIFF_PYTHON": sys.executable}
+    out = tmp_path / "red.ppm"
+    result = subprocess.run(
+        [str(build / "generate"), "a big red circle on the left", str(out), "--seed", "3"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    header, pixels = out.read_bytes().split(b"\n255\n", 1)
+    assert header == b"P6\n64 64" and len(pixels) == 64 * 64 * 3
+    expected = Pipeline.load()("a big red circle on the left", seed=3, output_type="np")
+    np.testing.assert_array_equal(
+        np.frombuffer(pixels, np.uint8).reshape(1, 64, 64, 3), to_uint8(expected)
+    )
+
+
+def test_an_installed_package_is_found_by_find_package(build, tmp_path):
+    prefix, app = tmp_path / "prefix", tmp_path / "app"
+    install = subprocess.run(
+        ["cmake", "--install", str(build), "--prefix", str(prefix)], capture_output=True, text=True
+    )
+    assert install.returncode == 0, install.stderr
+    app.mkdir()
+    (app / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.18)\nproject(app CXX)\n"
+        "find_package(edgediff 0.1 REQUIRED)\n"
+        "add_executable(app main.cpp)\nset_target_properties(app PROPERTIES CXX_STANDARD 17)\n"
+        "target_link_libraries(app PRIVATE edgediff::edgediff)\n"
+    )
+    (app / "main.cpp").write_text(
+        "#include <edgediff.hpp>\n#include <iostream>\n"
+        "int main() { std::cout << edgediff::version() << ' ' << edgediff_abi_version(); }\n"
+    )
+    for command in (
+        ["cmake", "-S", str(app), "-B", str(app / "build"), f"-DCMAKE_PREFIX_PATH={prefix}"],
+        ["cmake", "--build", str(app / "build")],
+    ):
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    ran = subprocess.run([str(app / "build" / "app")], capture_output=True, text=True)
+    assert ran.stdout == "0.1.0 1"
