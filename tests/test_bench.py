@@ -134,7 +134,14 @@ def test_an_interrupted_bench_command_picks_up_where_it_stopped(tmp_path):
         sys.executable, "-m", "edgediff.cli", "bench", "--steps", "2,4", "--prompts", "8",
         "--runs", "2", "--warmup", "1", "--out", str(out),
     ]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Ctrl-C as a terminal sends it. A test runner started in the background (as CI may be)
+    # has SIGINT ignored, which children inherit: give the bench the default disposition.
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     report = out / "report.json"
     deadline = time.monotonic() + 300
     while not report.exists() and time.monotonic() < deadline and proc.poll() is None:
