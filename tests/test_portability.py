@@ -19,7 +19,10 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [p for d in ("runtime", "engines") for p in sorted((ROOT / "edgediff" / d).rglob("*.py"))]
-SHIPPED += [ROOT / "edgediff" / n for n in ("__init__.py", "errors.py", "cli.py", "tolerances.py")]
+SHIPPED += [
+    ROOT / "edgediff" / n
+    for n in ("__init__.py", "capi.py", "errors.py", "cli.py", "tolerances.py")
+]
 
 # Standard-library names that appeared in 3.11 or later.
 NEWER_STDLIB = re.compile(
