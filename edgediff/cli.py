@@ -51,6 +51,7 @@ def cli() -> None:
       edgediff generate "a red circle" --bundle BUNDLE_DIR --precision int8
       edgediff build BUNDLE_DIR --precision int8     # TensorRT engines, on the GPU that runs them
       edgediff generate "a red circle" --bundle BUNDLE_DIR --backend trt
+      edgediff bench BUNDLE_DIR                      # accuracy against latency, per config
       edgediff info BUNDLE_DIR
     """
     # transformers announces at import that torchvision is absent (edgediff never needs it).
