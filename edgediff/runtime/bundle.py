@@ -402,12 +402,12 @@ class Bundle:
             if record is None:
                 raise BundleError(f"'{rel}' is not listed in manifest.json", _REEXPORT)
             path = self.root / rel
-            if not path.is_file() or sha256_file(path) != record.sha256:
-                state = (
-                    "does not match its sha256 in" if path.is_file() else "is missing, listed in"
-                )
+            if not path.is_file():
+                raise BundleError(f"bundle file '{rel}' is missing", self._fix_for(rel))
+            if sha256_file(path) != record.sha256:
                 raise BundleError(
-                    f"bundle file '{rel}' {state} manifest.json (changed or corrupted)",
+                    f"bundle file '{rel}' does not match its sha256 in manifest.json "
+                    "(changed or corrupted)",
                     self._fix_for(rel),
                 )
 
