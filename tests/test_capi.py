@@ -31,6 +31,8 @@ def build(tmp_path_factory) -> Path:
     ]  # fmt: skip
     for command in (configure, ["cmake", "--build", str(build), "-j2"]):
         result = subprocess.run(command, capture_output=True, text=True)
+        if "Could NOT find Python3" in result.stderr:
+            pytest.skip(f"{sys.executable} has no development files (headers, libpython) to embed")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return build
 
