@@ -76,6 +76,15 @@ def test_threads_at_once_give_what_one_after_another_gives(build):
     assert "ok   three threads at once == one after another" in result.stdout
 
 
+def test_the_readme_c_example_compiles_as_c99_and_runs(build):
+    env = {**os.environ, "EDGEDIFF_PYTHON": sys.executable}
+    result = subprocess.run(
+        [str(build / "readme_example")], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "2 64 64\n"
+
+
 def test_the_example_writes_a_ppm(build, tmp_path):
     env = {**os.environ, "EDGEDIFF_PYTHON": sys.executable}
     out = tmp_path / "red.ppm"
