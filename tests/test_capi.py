@@ -37,10 +37,11 @@ def build(tmp_path_factory) -> Path:
     return build
 
 
-def _run(build: Path, *args: str) -> subprocess.CompletedProcess:
+def _run(build: Path, *args: str, program: str = "capi_test") -> subprocess.CompletedProcess:
+    """Run one of the built programs with the library pointed at this interpreter."""
     env = {**os.environ, "EDGEDIFF_PYTHON": sys.executable}
     return subprocess.run(
-        [str(build / "capi_test"), *args], capture_output=True, text=True, env=env, timeout=300
+        [str(build / program), *args], capture_output=True, text=True, env=env, timeout=300
     )
 
 
@@ -77,21 +78,16 @@ def test_threads_at_once_give_what_one_after_another_gives(build):
 
 
 def test_the_readme_c_example_compiles_as_c99_and_runs(build):
-    env = {**os.environ, "EDGEDIFF_PYTHON": sys.executable}
-    result = subprocess.run(
-        [str(build / "readme_example")], capture_output=True, text=True, env=env, timeout=300
-    )
+    result = _run(build, program="readme_example")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "2 64 64\n"
 
 
 def test_the_example_writes_a_ppm(build, tmp_path):
-    env = {**os.environ, "EDGEDIFF_PYTHON": sys.executable}
     out = tmp_path / "red.ppm"
-    result = subprocess.run(
-        [str(build / "generate"), "a big red circle on the left", str(out), "--seed", "3"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+    result = _run(
+        build, "a big red circle on the left", str(out), "--seed", "3", program="generate"
+    )
     assert result.returncode == 0, result.stderr
     header, pixels = out.read_bytes().split(b"\n255\n", 1)
     assert header == b"P6\n64 64" and len(pixels) == 64 * 64 * 3

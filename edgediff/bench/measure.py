@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgediff.bench.timing import Latency, summarize
+from edgediff.bench.timing import summarize
 
 COMPONENT_TIMINGS = ("text_encoder", "unet_step", "vae_decoder", "end_to_end")
 
@@ -35,13 +35,31 @@ def _gpu_memory_mb() -> float | None:
     return round((total - free) / 2**20, 1)
 
 
-def _call_timings(pipe: Any, steps: int, seconds: float) -> dict[str, float]:
-    parts = pipe.last_timings.components
+def call_timings(components: dict[str, float], steps: int, seconds: float) -> dict[str, float]:
+    """One generation's seconds per part, from seconds spent in each component."""
     return {
-        "text_encoder": parts.get("text_encoder", 0.0),
-        "unet_step": parts.get("unet", 0.0) / steps,
-        "vae_decoder": parts.get("vae_decoder", 0.0),
+        "text_encoder": components.get("text_encoder", 0.0),
+        "unet_step": components.get("unet", 0.0) / steps,
+        "vae_decoder": components.get("vae_decoder", 0.0),
         "end_to_end": seconds,
+    }
+
+
+def result_row(
+    load_s: float,
+    calls: list[dict[str, float]],
+    gpu_memory_mb: float | None,
+    file_bytes: dict[str, int],
+) -> dict[str, Any]:
+    """A configuration's measurements as report.json holds them (`calls`: timed runs only)."""
+    latency = {k: summarize([c[k] for c in calls]) for k in COMPONENT_TIMINGS}
+    return {
+        "load_s": round(load_s, 3),
+        "latency_s": {k: v.as_dict() for k, v in latency.items()},
+        "images_per_s": round(1.0 / latency["end_to_end"].median, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "gpu_memory_mb": gpu_memory_mb,
+        "file_mb": {k: round(v / 2**20, 3) for k, v in file_bytes.items()},
     }
 
 
@@ -63,10 +81,10 @@ def measure(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]
     def one_image() -> dict[str, float]:
         begin = time.perf_counter()
         pipe(prompts[0], seed=spec["seed"], output_type="np", **request)
-        return _call_timings(pipe, spec["steps"], time.perf_counter() - begin)
+        seconds = time.perf_counter() - begin
+        return call_timings(pipe.last_timings.components, spec["steps"], seconds)
 
     calls = [one_image() for _ in range(spec["warmup"] + spec["runs"])][spec["warmup"] :]
-    latency = {k: summarize([c[k] for c in calls]) for k in COMPONENT_TIMINGS}
 
     latents, images = [], []
     batch = spec["batch_size"]
@@ -84,17 +102,15 @@ def measure(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]
     )
 
     manifest = pipe.bundle.manifest
-    result = {
-        "load_s": round(load_s, 3),
-        "latency_s": {k: v.as_dict() for k, v in latency.items()},
-        "images_per_s": round(1.0 / latency["end_to_end"].median, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "gpu_memory_mb": None if spec["backend"] == "ort-cpu" else _gpu_memory_mb(),
-        "file_mb": {
-            name: round(sum(manifest.files[f].bytes for f in files) / 2**20, 3)
+    result = result_row(
+        load_s,
+        calls,
+        None if spec["backend"] == "ort-cpu" else _gpu_memory_mb(),
+        {
+            name: sum(manifest.files[f].bytes for f in files)
             for name, files in pipe.model_files.items()
         },
-    }
+    )
     return result, outputs
 
 
@@ -112,8 +128,6 @@ def main(argv: list[str]) -> None:
             np.savez(f, **outputs)
     result_path.write_text(json.dumps(result))
 
-
-__all__ = ["Latency", "main", "measure"]
 
 if __name__ == "__main__":
     main(sys.argv[1:])

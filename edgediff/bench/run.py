@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from edgediff import __version__
+from edgediff.bench.child import run_python
 from edgediff.bench.configs import Config
-from edgediff.errors import EdgediffError, InputError
+from edgediff.errors import InputError
 from edgediff.runtime.bundle import MANIFEST, Bundle
 from edgediff.runtime.files import atomic_path, atomic_write_text, sha256_file
 
@@ -87,7 +86,7 @@ def measure_in_child(
     module = "edgediff.bench.sd15" if config.backend == DIFFUSERS else "edgediff.bench.measure"
     spec = {
         "bundle": str(bundle),
-        "checkpoint": str(checkpoint),
+        "checkpoint": None if checkpoint is None else str(checkpoint),
         "backend": config.backend,
         "precision": config.precision,
         "steps": config.steps,
@@ -105,13 +104,10 @@ def measure_in_child(
     with tempfile.TemporaryDirectory() as tmp, atomic_path(final) as outputs:
         spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps(spec))
-        command = [sys.executable, "-m", module, str(spec_path)]
-        proc = subprocess.run(
-            [*command, str(result_path), str(outputs)], capture_output=True, text=True
+        run_python(
+            ["-m", module, str(spec_path), str(result_path), str(outputs)],
+            f"measuring {config.id}",
         )
-        if proc.returncode:
-            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise EdgediffError(f"measuring {config.id} failed: {last}")
         result = json.loads(result_path.read_text())
     return result  # (latency-only configurations leave an empty outputs file as a marker)
 

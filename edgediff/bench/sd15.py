@@ -9,15 +9,13 @@ at real sizes without downloading a model. Building needs the [train] extra (tor
 from __future__ import annotations
 
 import json
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from edgediff.bench.timing import summarize
-from edgediff.errors import EdgediffError
+from edgediff.bench.child import run_python
+from edgediff.bench.measure import call_timings, result_row
 
 
 def _child(code: str, *args: str) -> tuple[float, float]:
@@ -28,11 +26,8 @@ def _child(code: str, *args: str) -> tuple[float, float]:
         " r.getrusage(r.RUSAGE_CHILDREN).ru_maxrss))"
     )
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
-    if proc.returncode:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise EdgediffError(f"building the SD 1.5 bundle failed: {last}")
-    return time.perf_counter() - start, int(proc.stdout.split()[-1]) / 2**20  # KiB -> GB
+    out = run_python(["-c", code, *args], "building the SD 1.5 bundle")
+    return time.perf_counter() - start, int(out.split()[-1]) / 2**20  # KiB -> GB
 
 
 def prepare_sd15(work: Path) -> tuple[Path, Path, dict[str, float]]:
@@ -97,30 +92,14 @@ def measure_diffusers(spec: dict[str, Any]) -> dict[str, Any]:
                 generator=torch.Generator().manual_seed(spec["seed"]),
                 output_type="np",
             )
-        calls.append(
-            {
-                "text_encoder": spent.get("text_encoder", 0.0),
-                "unet_step": spent.get("unet", 0.0) / spec["steps"],
-                "vae_decoder": spent.get("vae_decoder", 0.0),
-                "end_to_end": time.perf_counter() - begin,
-            }
-        )
-    calls = calls[spec["warmup"] :]
-    latency = {k: summarize([c[k] for c in calls]) for k in calls[0]}
+        calls.append(call_timings(spent, spec["steps"], time.perf_counter() - begin))
     sizes = {
         name: sum(
             f.stat().st_size for f in (Path(spec["checkpoint"]) / folder).glob("*.safetensors")
         )
         for name, folder in (("text_encoder", "text_encoder"), ("unet", "unet"), ("vae", "vae"))
     }
-    return {
-        "load_s": round(load_s, 3),
-        "latency_s": {k: v.as_dict() for k, v in latency.items()},
-        "images_per_s": round(1.0 / latency["end_to_end"].median, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "gpu_memory_mb": None,
-        "file_mb": {k: round(v / 2**20, 3) for k, v in sizes.items()},
-    }
+    return result_row(load_s, calls[spec["warmup"] :], None, sizes)
 
 
 if __name__ == "__main__":

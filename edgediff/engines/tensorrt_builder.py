@@ -15,7 +15,7 @@ from typing import Any
 
 from edgediff.engines.plan import EnginePlan
 from edgediff.errors import EngineError
-from edgediff.runtime.backends.tensorrt import import_tensorrt
+from edgediff.runtime.backends.tensorrt import import_tensorrt, platform_of
 from edgediff.runtime.cuda import Cuda
 from edgediff.runtime.engine_compat import Platform
 from edgediff.runtime.files import atomic_write_bytes
@@ -25,9 +25,8 @@ MB = 1 << 20
 
 def current_platform(device_id: int = 0) -> Platform:
     """The TensorRT version and GPU here, or an EngineError saying what is missing."""
-    trt = import_tensorrt()
-    name, capability = Cuda(device_id).gpu()
-    return Platform(trt.__version__, name, capability)
+    import_tensorrt()  # a missing TensorRT is named before a missing GPU
+    return platform_of(Cuda(device_id))
 
 
 def _network_flags(trt: Any, plan: EnginePlan) -> int:

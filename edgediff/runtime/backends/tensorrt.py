@@ -37,6 +37,12 @@ def import_tensorrt() -> Any:
     return tensorrt
 
 
+def platform_of(cuda: Cuda) -> Platform:
+    """The TensorRT version here and the GPU `cuda` drives: what an engine must be built for."""
+    gpu_name, capability = cuda.gpu()
+    return Platform(import_tensorrt().__version__, gpu_name, capability)
+
+
 class TrtSession:
     """One engine and its execution context, with device buffers kept from call to call."""
 
@@ -149,8 +155,7 @@ class TrtBackend:
         self.cuda_graph = cuda_graph
         self._logger = self.trt.Logger(self.trt.Logger.WARNING)
         self._runtime = self.trt.Runtime(self._logger)
-        gpu_name, capability = self.cuda.gpu()
-        self.platform = Platform(self.trt.__version__, gpu_name, capability)
+        self.platform = platform_of(self.cuda)
         self._sessions: list[TrtSession] = []
         self._scratch = (0, 0)  # (pointer, bytes) shared by every session
 
