@@ -440,9 +440,31 @@ def quantize(
     type=click.Choice(["fp16", "int8", "fp8", "best"]),
     default="fp16",
     show_default=True,
-    help="fp16: float models with fp16 kernels. int8/fp8: the bundle's Q/DQ U-Net (and other "
-    "Q/DQ components), strongly typed. best: fp8 on Ada/Hopper if the bundle has it, else int8 "
-    "if it has it, else fp16.",
+    help="fp16: fp16 kernels (TensorRT 11 and TensorRT-RTX build them from fp16 models, made "
+    "in the bundle when missing). int8/fp8: the bundle's Q/DQ U-Net (and other Q/DQ "
+    "components), strongly typed; the rest as fp16. best: fp8 where every target has FP8 "
+    "(8.9+) and the bundle has an FP8 U-Net, else int8 if it has one, else fp16.",
+)
+@click.option(
+    "--flavour",
+    type=click.Choice(["tensorrt", "rtx"]),
+    default=None,
+    help="tensorrt: classic TensorRT 8.6-11 (Jetson, datacenter GPUs, desktops), builds on the "
+    "GPU that runs the engines. rtx: TensorRT-RTX (RTX PCs), builds without a GPU for --targets. "
+    "Default: whichever is installed.",
+)
+@click.option(
+    "--targets",
+    default=None,
+    help="TensorRT-RTX only: compute capabilities to build for, e.g. 8.6,8.9,12.0 "
+    "[default: 8.0,8.6,8.9,12.0]. FP8 needs 8.9+; Turing (7.5) needs --precision fp16 "
+    "--fp16-vae.",
+)
+@click.option(
+    "--fp16-vae",
+    is_flag=True,
+    help="TensorRT 11 / TensorRT-RTX: build the VAE decoder from an fp16 model too (by default "
+    "it stays fp32, as fp16 VAEs overflow in some checkpoints).",
 )
 @click.option(
     "--batch",
@@ -459,38 +481,63 @@ def quantize(
 @click.option(
     "--static", is_flag=True, help="Fix every shape at OPT (fastest; enables CUDA graphs)."
 )
-@click.option("--workspace", type=int, default=None, help="Builder workspace limit, MB.")
+@click.option(
+    "--workspace", type=click.IntRange(min=1), default=None, help="Builder workspace limit, MB."
+)
 @click.option(
     "--tactic-memory",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Device memory tactics may use while building, MB (bound it on Jetson's shared memory).",
 )
 @click.option(
     "--timing-cache",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Timing cache file (default: BUNDLE/engines/timing-trtVERSION-smNN.cache).",
+    help="Classic TensorRT: timing cache file (default: "
+    "BUNDLE/engines/trt/timing-trt-VERSION-smNN.cache).",
 )
 @click.option("--force", is_flag=True, help="Rebuild even engines whose key is unchanged.")
 def build(
-    bundle_dir, precision, batch, size, static, workspace, tactic_memory, timing_cache, force
+    bundle_dir,
+    precision,
+    flavour,
+    targets,
+    fp16_vae,
+    batch,
+    size,
+    static,
+    workspace,
+    tactic_memory,
+    timing_cache,
+    force,
 ) -> None:
-    """Build one TensorRT engine per component (text encoder, U-Net, VAE decoder) on this GPU.
+    """Build one TensorRT engine per component (text encoder, U-Net, VAE decoder).
 
-    Engines are only valid for the TensorRT version and GPU that built them, so build on the
-    device that runs them. Each engine is keyed by its ONNX's sha256, the TensorRT version,
-    the GPU and its compute capability, the precision, the shape profile and the builder
-    flags: an engine whose key is unchanged is reused, anything else is rebuilt. Engines go
-    to BUNDLE/engines/ and into the manifest; run them with
+    \b
+    Two flavours:
+      tensorrt  classic TensorRT 8.6-11. Builds on the GPU that runs the engines: Jetson
+                Orin (JetPack 6: TensorRT 10.3), datacenter GPUs (H100), desktops.
+      rtx       TensorRT-RTX 1.x. Builds ahead of time, on any x86-64 machine, GPU or not,
+                for --targets; the engines run on RTX GPUs of those compute capabilities
+                and compile their kernels at first run (cached in BUNDLE/engines/rtx/).
+    An RTX desktop or laptop can use either.
+
+    Each engine is keyed by its ONNX's sha256, the flavour and version, the GPU (classic) or
+    targets (RTX), the precision, the shape profile and the builder flags: an engine whose key
+    is unchanged is reused, anything else is rebuilt. Engines go to BUNDLE/engines/trt/ or
+    BUNDLE/engines/rtx/ and into the manifest; run them with
     `edgediff generate --backend trt --bundle BUNDLE_DIR --precision PRECISION`.
 
     \b
-    Jetson Orin (shared CPU/GPU memory): limit the builder, e.g.
+    Examples:
+      edgediff build BUNDLE --flavour rtx --precision int8              (no GPU needed)
+      edgediff build BUNDLE --flavour rtx --precision fp8 --targets 8.9,12.0
       edgediff build BUNDLE --precision int8 --static --workspace 1024 --tactic-memory 1024
+                                              (Jetson Orin: shared CPU/GPU memory)
     """
     from edgediff.engines.build import build_engines, format_results
-    from edgediff.engines.plan import BuildRequest
+    from edgediff.engines.plan import BuildRequest, parse_targets
     from edgediff.engines.profiles import parse_size, parse_span
     from edgediff.engines.tensorrt_builder import build_engine, current_platform
     from edgediff.runtime.bundle import Bundle
@@ -503,12 +550,11 @@ def build(
         static=static,
         workspace_mb=workspace,
         tactic_memory_mb=tactic_memory,
+        targets=None if targets is None else parse_targets(targets),
+        fp16_vae=fp16_vae,
     )
-    platform = current_platform()
-    click.echo(
-        f"TensorRT {platform.tensorrt_version} on {platform.gpu_name} "
-        f"(compute capability {platform.compute_capability})"
-    )
+    platform = current_platform(flavour)
+    click.echo(platform.describe())
     results = build_engines(
         bundle_dir, request, platform, build_engine, timing_cache, force=force, progress=True
     )

@@ -11,7 +11,14 @@ from click.testing import CliRunner
 
 from edgediff.cli import cli
 from edgediff.engines.build import build_engines
-from edgediff.engines.plan import BuildRequest, builder_flags, plan_engines, resolve_precision
+from edgediff.engines.plan import (
+    BuildRequest,
+    builder_flags,
+    parse_targets,
+    plan_engines,
+    resolve,
+    resolve_precision,
+)
 from edgediff.engines.profiles import (
     SizeRange,
     Span,
@@ -20,7 +27,7 @@ from edgediff.engines.profiles import (
     parse_size,
     parse_span,
 )
-from edgediff.errors import BackendError, BundleError, InputError
+from edgediff.errors import BackendError, BundleError, EngineError, InputError
 from edgediff.runtime.bundle import Bundle, with_files, write_manifest
 from edgediff.runtime.engine_compat import (
     Platform,
@@ -29,9 +36,10 @@ from edgediff.runtime.engine_compat import (
     require_compatible,
 )
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE
+from edgediff.runtime.tensorrt_flavours import Toolkit
 
-ORIN = Platform("10.3.0", "Orin", "8.7")
-H100 = Platform("10.13.0", "NVIDIA H100 80GB HBM3", "9.0")
+ORIN = Platform(Toolkit("tensorrt", "10.3.0"), "Orin", "8.7")
+H100 = Platform(Toolkit("tensorrt", "10.13.0"), "NVIDIA H100 80GB HBM3", "9.0")
 
 
 @pytest.fixture
@@ -51,7 +59,7 @@ class RecordingBuilder:
 
     def __call__(self, onnx: Path, plan, timing_cache, out: Path) -> None:
         assert onnx.is_file() and out.parent.is_dir()
-        out.write_bytes(b"engine " + plan.key(ORIN).encode())  # half written ...
+        out.write_bytes(b"engine " + plan.key.encode())  # half written ...
         if plan.component == self.fail_on:
             raise KeyboardInterrupt  # ... then interrupted
         self.built.append(plan.component)
@@ -110,27 +118,32 @@ def test_profiles_refuse_sizes_the_model_cannot_take(bundle_dir):
 
 def test_precision_choice_follows_the_bundle_and_the_gpu(bundle_dir, tiny_bundle):
     shipped, float_only = Bundle.open(bundle_dir), Bundle.open(tiny_bundle)
-    assert resolve_precision(shipped, "best", ORIN) == "int8"
-    assert resolve_precision(float_only, "best", H100) == "fp16"
+    assert resolve_precision(shipped, "best", ORIN, ("8.7",)) == "int8"
+    assert resolve_precision(float_only, "best", H100, ("9.0",)) == "fp16"
     with pytest.raises(InputError, match=r"8\.9 or newer.*Orin is 8\.7.*--precision int8"):
-        resolve_precision(shipped, "fp8", ORIN)
+        resolve_precision(shipped, "fp8", ORIN, ("8.7",))
     with pytest.raises(InputError, match=r"no fp8 U-Net.*quantize .* --precision fp8"):
-        resolve_precision(shipped, "fp8", H100)
+        resolve_precision(shipped, "fp8", H100, ("9.0",))
     with pytest.raises(InputError, match="unknown precision 'int4'"):
-        resolve_precision(shipped, "int4", H100)
+        resolve_precision(shipped, "int4", H100, ("9.0",))
 
 
 def test_qdq_models_build_strongly_typed_and_float_models_with_fp16():
     request = BuildRequest(workspace_mb=1024, tactic_memory_mb=512)
-    assert builder_flags(True, "int8", request, 10) == {
+    trt10, trt86 = Toolkit("tensorrt", "10.3.0"), Toolkit("tensorrt", "8.6.2")
+    assert builder_flags(True, "int8", request, trt10) == {
         "strongly_typed": True,
         "workspace_mb": 1024,
         "tactic_memory_mb": 512,
     }
-    assert builder_flags(True, "int8", BuildRequest(), 8) == {"fp16": True, "int8": True}
-    assert builder_flags(False, "int8", BuildRequest(), 10) == {"fp16": True}
+    assert builder_flags(True, "int8", BuildRequest(), trt86) == {"fp16": True, "int8": True}
+    assert builder_flags(False, "int8", BuildRequest(), trt10) == {"fp16": True}
     with pytest.raises(InputError, match="FP8 engines need TensorRT 10"):
-        builder_flags(True, "fp8", BuildRequest(), 8)
+        builder_flags(True, "fp8", BuildRequest(), trt86)
+    # TensorRT 11 and TensorRT-RTX have no precision flags: types come from the ONNX.
+    for toolkit in (Toolkit("tensorrt", "11.4.0"), Toolkit("rtx", "1.7.1.116")):
+        assert builder_flags(False, "fp16", BuildRequest(), toolkit) == {"strongly_typed": True}
+        assert builder_flags(True, "fp8", BuildRequest(), toolkit) == {"strongly_typed": True}
 
 
 def test_int8_plan_uses_the_qdq_unet_and_float_models_elsewhere(bundle_dir):
@@ -142,7 +155,7 @@ def test_int8_plan_uses_the_qdq_unet_and_float_models_elsewhere(bundle_dir):
         "vae_decoder": ("vae_decoder/model.onnx", {"fp16": True}),
     }
     assert {p.file for p in plans} == {
-        f"engines/{c}.int8.plan" for c in ("text_encoder", "unet", "vae_decoder")
+        f"engines/trt/{c}.int8.plan" for c in ("text_encoder", "unet", "vae_decoder")
     }
 
 
@@ -162,10 +175,12 @@ def test_same_key_skips_and_each_changed_part_rebuilds(bundle_dir):
     bundle = Bundle.open(bundle_dir)
     bundle.verify()  # engines are hashed into the manifest like every other file
     unet = bundle.engine("unet", "int8")
-    assert (unet.onnx, unet.tensorrt_version, unet.compute_capability) == (
+    assert (unet.onnx, unet.flavour, unet.tensorrt_version, unet.targets, unet.gpu_name) == (
         "unet/model.int8.onnx",
-        "10.3.0",
-        "8.7",
+        "tensorrt",
+        "trt-10.3.0",
+        ("8.7",),
+        "Orin",
     )
     assert unet.profile["sample"] == {
         "min": [1, 4, 16, 16],
@@ -174,14 +189,14 @@ def test_same_key_skips_and_each_changed_part_rebuilds(bundle_dir):
     }
 
     info = CliRunner().invoke(cli, ["info", str(bundle_dir)]).output
-    assert "engines/unet.int8.plan" in info and "TensorRT 10.3.0, Orin (sm 8.7)" in info
+    assert "engines/trt/unet.int8.plan" in info and "TensorRT 10.3.0, Orin (sm 8.7)" in info
 
     again = RecordingBuilder()
     assert all(r.reused for r in build_engines(bundle_dir, request, ORIN, again))
     assert again.built == []
 
     changes = {
-        "TensorRT version": (request, replace(ORIN, tensorrt_version="10.4.0")),
+        "TensorRT version": (request, replace(ORIN, toolkit=Toolkit("tensorrt", "10.4.0"))),
         "GPU name": (request, replace(ORIN, gpu_name="Orin Nano")),
         "compute capability": (request, replace(ORIN, compute_capability="8.6")),
         "batch range": (replace(request, batch=Span(1, 1, 4)), ORIN),
@@ -221,12 +236,12 @@ def test_a_changed_onnx_or_damaged_engine_rebuilds_only_that_engine(bundle_dir):
     build_engines(bundle_dir, request, ORIN, builder)
     assert builder.built == ["unet"]
 
-    (bundle_dir / "engines/vae_decoder.int8.plan").write_bytes(b"x" * 10)
-    (bundle_dir / "engines/text_encoder.int8.plan").unlink()
-    with pytest.raises(BundleError, match=r"text_encoder.int8.plan' is missing.*int8 --force"):
+    (bundle_dir / "engines/trt/vae_decoder.int8.plan").write_bytes(b"x" * 10)
+    (bundle_dir / "engines/trt/text_encoder.int8.plan").unlink()
+    with pytest.raises(BundleError, match=r"text_encoder.int8.plan' is missing.*int8 --flavour"):
         Bundle.open(bundle_dir).verify()
     with pytest.raises(BundleError, match=r"vae_decoder.int8.plan' does not match.*--force"):
-        Bundle.open(bundle_dir).verify(["engines/vae_decoder.int8.plan"])
+        Bundle.open(bundle_dir).verify(["engines/trt/vae_decoder.int8.plan"])
     builder = RecordingBuilder()
     build_engines(bundle_dir, request, ORIN, builder)
     assert builder.built == ["text_encoder", "vae_decoder"]
@@ -242,7 +257,9 @@ def test_an_interrupted_build_keeps_finished_engines_and_no_half_file(bundle_dir
         build_engines(bundle_dir, BuildRequest(), ORIN, RecordingBuilder(fail_on="unet"))
     bundle = Bundle.open(bundle_dir)
     assert [e.component for e in bundle.manifest.engines] == ["text_encoder"]
-    assert sorted(p.name for p in (bundle_dir / "engines").iterdir()) == ["text_encoder.fp16.plan"]
+    assert sorted(p.name for p in (bundle_dir / "engines/trt").iterdir()) == [
+        "text_encoder.fp16.plan"
+    ]
     builder = RecordingBuilder()
     build_engines(bundle_dir, BuildRequest(), ORIN, builder)
     assert builder.built == ["unet", "vae_decoder"]
@@ -256,14 +273,14 @@ def test_engines_from_another_tensorrt_or_gpu_are_refused_with_the_fix(bundle_di
     engine = Bundle.open(bundle_dir).engine("unet", "int8")
     assert incompatibility(engine, ORIN) is None
     assert incompatibility(engine, replace(ORIN, gpu_name="Orin Nano")) is None  # same sm
-    problem = incompatibility(engine, replace(ORIN, tensorrt_version="10.7.0"))
+    problem = incompatibility(engine, replace(ORIN, toolkit=Toolkit("tensorrt", "10.7.0")))
     assert problem == (
         "the int8 unet engine was built by TensorRT 10.3.0; this is TensorRT 10.7.0, "
         "which cannot load it"
     )
     problem = incompatibility(engine, H100)
     assert "built by TensorRT 10.3.0" in problem  # version is checked first
-    problem = incompatibility(engine, replace(H100, tensorrt_version="10.3.0"))
+    problem = incompatibility(engine, replace(H100, toolkit=ORIN.toolkit))
     assert problem == (
         "the int8 unet engine was built for a Orin (compute capability 8.7); this GPU is a "
         "NVIDIA H100 80GB HBM3 (compute capability 9.0)"
@@ -277,6 +294,8 @@ def test_missing_or_ambiguous_engines_name_the_build_command(bundle_dir):
     bundle = Bundle.open(bundle_dir)
     with pytest.raises(BundleError, match=r"no fp16 TensorRT engine for unet.*edgediff build"):
         bundle.engine("unet")
+    with pytest.raises(BundleError, match=r"no fp16 TensorRT-RTX engine.*--flavour rtx"):
+        bundle.engine("unet", flavour="rtx")
     build_engines(bundle_dir, BuildRequest(precision="int8"), ORIN, RecordingBuilder())
     assert Bundle.open(bundle_dir).engine("unet").precision == "int8"
     with pytest.raises(BundleError, match=r"has engines at: int8.*--precision fp16"):
@@ -294,3 +313,132 @@ def test_requests_outside_the_profile_are_named():
         "(1, 4, 8, 8) .. (8, 4, 24, 24)"
     )
     assert outside_profile("sample", (2, 4, 16), (1, 4, 8, 8), (8, 4, 24, 24)) is not None
+
+
+# ---------------------------------------------------------------- flavours and targets
+
+RTX = Platform(Toolkit("rtx", "1.7.1.116"), known_targets=("7.5", "8.0", "8.6", "8.9", "12.0"))
+RTX_4090 = Platform(RTX.toolkit, "NVIDIA GeForce RTX 4090", "8.9", RTX.known_targets)
+
+
+def test_rtx_plans_need_no_gpu_and_carry_their_targets(bundle_dir):
+    builder = RecordingBuilder()
+    build_engines(bundle_dir, BuildRequest(precision="int8"), RTX, builder)
+    bundle = Bundle.open(bundle_dir)
+    engines = {e.component: e for e in bundle.manifest.engines}
+    assert {e.targets for e in engines.values()} == {("8.0", "8.6", "8.9", "12.0")}
+    assert {e.file for e in engines.values()} == {
+        f"engines/rtx/{c}.int8.plan" for c in ("text_encoder", "unet", "vae_decoder")
+    }
+    # Strongly typed: the float components come from fp16 models, made and recorded on the
+    # way; the VAE stays fp32.
+    assert {c: e.onnx for c, e in engines.items()} == {
+        "text_encoder": "text_encoder/model.fp16.onnx",
+        "unet": "unet/model.int8.onnx",
+        "vae_decoder": "vae_decoder/model.onnx",
+    }
+    made = bundle.model("text_encoder", "fp16")
+    assert made.verification is not None and made.verification.passed
+    assert sorted(bundle.manifest.components["unet"].models) == ["fp32", "int8"]
+    bundle.verify()
+    # The same build on a machine with an RTX GPU is the same engine: the key has no GPU in it.
+    plans = plan_engines(bundle, BuildRequest(precision="int8"), RTX)
+    on_gpu = plan_engines(bundle, BuildRequest(precision="int8"), RTX_4090)
+    assert (
+        [p.key for p in on_gpu]
+        == [p.key for p in plans]
+        == [engines[p.component].key for p in plans]
+    )
+    other = plan_engines(bundle, BuildRequest(precision="int8", targets=("8.9", "8.6")), RTX)
+    assert all(a.key != b.key for a, b in zip(other, plans, strict=True))
+    assert other[0].targets == ("8.6", "8.9")
+
+
+def test_precision_and_targets_are_checked_before_anything_is_built(bundle_dir):
+    bundle = Bundle.open(bundle_dir)
+
+    def plan(platform=RTX, **request):
+        return resolve(bundle, BuildRequest(**request), platform)
+
+    with pytest.raises(InputError, match=r"FP8 needs compute capability 8\.9.*include 8\.0, 8\.6"):
+        plan(precision="fp8")
+    with pytest.raises(InputError, match=r"no fp8 U-Net.*quantize"):
+        plan(precision="fp8", targets=("8.9", "12.0"))
+    with pytest.raises(InputError, match=r"cannot build for compute capability 8\.7.*--flavour"):
+        plan(targets=("8.7",))
+    with pytest.raises(InputError, match=r"only fp16 engines for Turing.*not int8"):
+        plan(precision="int8", targets=("7.5",))
+    with pytest.raises(InputError, match=r"Turing \(7\.5\).*--fp16-vae"):
+        plan(precision="fp16", targets=("7.5", "8.6"))
+    assert plan(precision="best", targets=("7.5",), fp16_vae=True) == (("7.5",), "fp16")
+    assert plan(precision="best") == (("8.0", "8.6", "8.9", "12.0"), "int8")
+    with pytest.raises(InputError, match="--targets is for TensorRT-RTX"):
+        plan(ORIN, targets=("8.7",))
+    no_gpu = Platform(Toolkit("tensorrt", "11.4.0"))
+    with pytest.raises(EngineError, match=r"builds engines on the GPU.*has no usable NVIDIA GPU"):
+        plan(no_gpu)
+    with pytest.raises(InputError, match="not a comma list"):
+        parse_targets("8,6")
+
+
+def test_engines_of_another_flavour_version_or_target_are_refused(bundle_dir):
+    build_engines(bundle_dir, BuildRequest(precision="int8"), RTX, RecordingBuilder())
+    engine = Bundle.open(bundle_dir).engine("unet", "int8", "rtx")
+    assert (engine.flavour, engine.tensorrt_version, engine.gpu_name) == (
+        "rtx",
+        "rtx-1.7.1.116",
+        None,
+    )
+    assert incompatibility(engine, RTX_4090) is None
+    turing = replace(RTX_4090, gpu_name="NVIDIA GeForce RTX 2080", compute_capability="7.5")
+    with pytest.raises(BackendError) as err:
+        require_compatible(engine, turing, bundle_dir)
+    assert str(err.value) == (
+        "the int8 unet engine was built for compute capabilities 8.0, 8.6, 8.9, 12.0; this GPU is "
+        "a NVIDIA GeForce RTX 2080 (compute capability 7.5). Rebuild the engines for this GPU "
+        f"too: edgediff build {bundle_dir} --precision int8 --targets 7.5,8.0,8.6,8.9,12.0 --force"
+    )
+    newer = replace(RTX_4090, toolkit=Toolkit("rtx", "1.8.0.1"))
+    assert "built by TensorRT-RTX 1.7.1.116; this is TensorRT-RTX 1.8.0.1" in str(
+        incompatibility(engine, newer)
+    )
+    # A TensorRT-RTX 1.x is never read as a TensorRT 1: the flavours differ.
+    classic = Platform(Toolkit("tensorrt", "1.7.1.116"), "NVIDIA GeForce RTX 4090", "8.9")
+    with pytest.raises(BackendError, match=r"runs TensorRT 1\.7\.1\.116 instead.*--flavour tens"):
+        require_compatible(engine, classic, bundle_dir)
+    # Both flavours' engines live side by side; asking without a flavour is then ambiguous.
+    build_engines(bundle_dir, BuildRequest(precision="int8"), ORIN, RecordingBuilder())
+    assert Bundle.open(bundle_dir).engine("unet", "int8", "tensorrt").file == (
+        "engines/trt/unet.int8.plan"
+    )
+    with pytest.raises(BundleError, match="engines of both TensorRT flavours"):
+        Bundle.open(bundle_dir).engine("unet", "int8")
+
+
+def test_engine_records_of_edgediff_0_1_still_read(bundle_dir):
+    import json
+
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["engines"] = [
+        {
+            "component": "unet",
+            "precision": "int8",
+            "file": "engines/unet.int8.plan",
+            "onnx": "unet/model.int8.onnx",
+            "onnx_sha256": "0" * 64,
+            "tensorrt_version": "10.3.0",
+            "gpu_name": "Orin",
+            "compute_capability": "8.7",
+            "profile": {},
+            "flags": {},
+            "key": "0" * 64,
+        }
+    ]
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    engine = Bundle.open(bundle_dir).engine("unet", "int8")
+    assert (engine.flavour, engine.tensorrt_version, engine.targets) == (
+        "tensorrt",
+        "trt-10.3.0",
+        ("8.7",),
+    )
+    assert incompatibility(engine, ORIN) is None

@@ -25,7 +25,8 @@ from edgediff.export.tokenizer import (  # noqa: E402
     encode_like_runtime,
     encode_like_transformers,
 )
-from edgediff.export.verify import compare, cpu_session  # noqa: E402
+from edgediff.export.verify import compare  # noqa: E402
+from edgediff.graphs.compare import cpu_session  # noqa: E402
 from edgediff.runtime.bundle import MANIFEST, Bundle  # noqa: E402
 
 PRESETS = ("tiny", "tiny-v")
@@ -430,7 +431,7 @@ def test_fp16_keeps_fragile_ops_in_fp32(fp16_bundle):
 
 
 def test_fp16_upcast_attention_keeps_scores_in_fp32(tiny_bundle, checkpoints, tmp_path):
-    from edgediff.export.fp16 import convert_to_fp16
+    from edgediff.graphs.fp16 import convert_to_fp16
 
     out = tmp_path / "model.onnx"
     convert_to_fp16(tiny_bundle / "unet" / "model.onnx", out, upcast_attention=True)
@@ -485,7 +486,8 @@ def test_external_data_goes_to_one_file(monkeypatch, tiny_bundle, checkpoints, t
     """Above 2 GB weights go to one model.onnx.data; forced here with a 0-byte threshold."""
     import onnx_ir as ir
 
-    from edgediff.export import fp16, onnx_export
+    from edgediff.export import onnx_export
+    from edgediff.graphs import files, fp16
 
     source = tiny_bundle / "unet" / "model.onnx"
     in_memory = tmp_path / "in-memory" / "model.onnx"
@@ -496,12 +498,12 @@ def test_external_data_goes_to_one_file(monkeypatch, tiny_bundle, checkpoints, t
     fp32 = tmp_path / "fp32" / "model.onnx"
     fp32.parent.mkdir()
     assert onnx_export.save_ir(ir.load(source), fp32) == (fp32.with_name("model.onnx.data"),)
-    onnx_export.check_model(fp32)
+    files.check_model(fp32)
     # fp16 from a model with external data streams the weights instead of loading them.
     half = tmp_path / "fp16" / "model.onnx"
     half.parent.mkdir()
     assert fp16.convert_to_fp16(fp32, half) == (half.with_name("model.onnx.data"),)
-    onnx_export.check_model(half)
+    files.check_model(half)
     for folder in (fp32.parent, half.parent):
         assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model.onnx.data"]
 

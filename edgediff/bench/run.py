@@ -177,7 +177,7 @@ def check_configs(bundle: Bundle, configs: list[Config]) -> None:
     from edgediff.runtime.backends import get_backend
 
     for name in dict.fromkeys(c.backend for c in configs):
-        get_backend(name)
+        get_backend(name).close()
     for config in configs:
         if config.backend == "trt":
             bundle.engine("unet", config.precision)

@@ -35,7 +35,7 @@ from edgediff.calibration.sensitivity import (
     resolve_keep,
 )
 from edgediff.errors import BundleError, InputError
-from edgediff.runtime.bundle import Bundle, Component, with_files, write_manifest
+from edgediff.runtime.bundle import Bundle, with_files, with_model, write_manifest
 from edgediff.runtime.files import atomic_model_path, atomic_write_text
 from edgediff.runtime.pipeline import Pipeline
 from edgediff.tolerances import QUANT_TARGET_PSNR_DB
@@ -259,7 +259,6 @@ def _record(
 ) -> None:
     """List the new models and tables in the manifest (written last: it commits them)."""
     manifest = bundle.manifest
-    components = dict(manifest.components)
     written = []
     for r in results:
         fp32 = bundle.model(r.component, "fp32")
@@ -281,12 +280,8 @@ def _record(
                 "sensitivity": table,
             },
         )
-        comp = components[r.component]
-        components[r.component] = Component(
-            comp.default, {**comp.models, settings.precision: entry}
-        )
+        manifest = with_model(manifest, r.component, entry)
         written += [r.file, *r.external_data, table]
-    manifest = replace(manifest, components=components)
     write_manifest(bundle.root, with_files(manifest, bundle.root, written))
 
 

@@ -12,7 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from edgediff.engines.plan import ENGINES_DIR, BuildRequest, EnginePlan, plan_engines
+from edgediff.engines.fp16_models import make_fp16_models
+from edgediff.engines.plan import (
+    ENGINES_DIR,
+    FLAVOUR_DIRS,
+    BuildRequest,
+    EnginePlan,
+    missing_fp16_models,
+    plan_engines,
+)
+from edgediff.errors import InputError
 from edgediff.runtime.bundle import Bundle, EngineEntry, with_files, write_manifest
 from edgediff.runtime.engine_compat import Platform
 from edgediff.runtime.files import atomic_path, sha256_file
@@ -31,21 +40,24 @@ class BuildResult:
     bytes: int
 
 
-def default_timing_cache(bundle_root: Path, platform: Platform) -> Path:
-    """The bundle's timing cache for this TensorRT version and GPU architecture."""
-    name = f"timing-trt{platform.tensorrt_version}-sm{platform.sm}.cache"
-    return bundle_root / ENGINES_DIR / name
+def default_timing_cache(bundle_root: Path, platform: Platform) -> Path | None:
+    """The bundle's timing cache for this TensorRT version and GPU architecture; None for
+    TensorRT-RTX, where the timing cache is a no-op (it keeps a runtime cache instead)."""
+    if platform.toolkit.builds_ahead_of_time:
+        return None
+    name = f"timing-{platform.toolkit.qualified_version}-sm{platform.sm}.cache"
+    return bundle_root / ENGINES_DIR / FLAVOUR_DIRS[platform.toolkit.flavour] / name
 
 
-def _is_current(bundle: Bundle, plan: EnginePlan, platform: Platform) -> EngineEntry | None:
+def _is_current(bundle: Bundle, plan: EnginePlan) -> EngineEntry | None:
     """The recorded engine for `plan` if its key matches and its file is intact."""
     for entry in bundle.manifest.engines:
-        if (entry.component, entry.precision) != (plan.component, plan.precision):
+        if entry.file != plan.file:
             continue
         record = bundle.manifest.files.get(entry.file)
         path = bundle.path(entry.file)
         if (
-            entry.key == plan.key(platform)
+            entry.key == plan.key
             and record is not None
             and path.is_file()
             and sha256_file(path) == record.sha256
@@ -65,15 +77,29 @@ def build_engines(
 ) -> list[BuildResult]:
     """Build (or reuse) one engine per pipeline component; the manifest is updated after each.
 
-    An interrupted build keeps the engines finished before it and never leaves a half engine
-    under its final name.
+    fp16 models a strongly typed TensorRT needs are made first (and kept). An interrupted
+    build keeps the engines finished before it and never leaves a half engine under its final
+    name.
     """
     bundle = Bundle.open(bundle_root)
+    if timing_cache is not None and platform.toolkit.builds_ahead_of_time:
+        raise InputError(
+            f"{platform.toolkit.title} has no timing cache (it compiles kernels on first run "
+            "and keeps them in the runtime cache, BUNDLE/engines/rtx/)",
+            "Drop --timing-cache",
+        )
+    missing = missing_fp16_models(bundle, request, platform)
+    if missing:
+        if progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"making fp16 models for {', '.join(missing)} (strongly typed TensorRT)")
+        bundle = make_fp16_models(bundle.root, missing)
     plans = plan_engines(bundle, request, platform)
     cache = timing_cache or default_timing_cache(bundle.root, platform)
     results = []
     for plan in _progress(plans, progress):
-        current = None if force else _is_current(bundle, plan, platform)
+        current = None if force else _is_current(bundle, plan)
         if current is not None:
             size = bundle.manifest.files[current.file].bytes
             results.append(BuildResult(current, reused=True, seconds=0.0, bytes=size))
@@ -83,7 +109,7 @@ def build_engines(
         with atomic_path(bundle.path(plan.file)) as tmp:
             builder(bundle.path(plan.onnx.file), plan, cache, tmp)
         seconds = time.perf_counter() - start
-        entry = plan.entry(platform, seconds)
+        entry = plan.entry(seconds)
         bundle = _record(bundle, entry)
         size = bundle.manifest.files[entry.file].bytes
         results.append(BuildResult(entry, reused=False, seconds=seconds, bytes=size))
@@ -91,13 +117,9 @@ def build_engines(
 
 
 def _record(bundle: Bundle, entry: EngineEntry) -> Bundle:
-    """Write `entry` into the manifest in place of any engine for the same component and
-    precision; return the bundle as it now reads."""
-    others = tuple(
-        e
-        for e in bundle.manifest.engines
-        if (e.component, e.precision) != (entry.component, entry.precision)
-    )
+    """Write `entry` into the manifest in place of any engine in the same file (same
+    component, precision and flavour); return the bundle as it now reads."""
+    others = tuple(e for e in bundle.manifest.engines if e.file != entry.file)
     manifest = with_files(bundle.manifest, bundle.root, [entry.file])
     manifest = replace(manifest, engines=(*others, entry))
     write_manifest(bundle.root, manifest)
@@ -124,8 +146,9 @@ def format_results(results: list[BuildResult]) -> str:
     lines = []
     for r in results:
         what = "reused (same key)" if r.reused else f"built in {r.seconds:.1f} s"
+        source = r.entry.onnx.rsplit("/", 1)[-1]
         lines.append(
-            f"{r.entry.component:<13} {r.entry.precision:<5} {r.bytes / 2**20:8.1f} MB  "
-            f"{what}  -> {r.entry.file}"
+            f"{r.entry.component:<13} {r.entry.precision:<5} from {source:<16} "
+            f"{r.bytes / 2**20:8.1f} MB  {what}  -> {r.entry.file}"
         )
     return "\n".join(lines)

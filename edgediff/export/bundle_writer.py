@@ -121,7 +121,7 @@ def _write_side_files(root: Path, ckpt: Any) -> None:
 
 def _entry(result: Any, verify: bool) -> ModelEntry:
     """The manifest entry of an exported component; raises if its verification failed."""
-    from edgediff.export.verify import verification
+    from edgediff.graphs.compare import verification
 
     if hasattr(result, "problem"):
         raise ExportError(result.problem, result.fix)

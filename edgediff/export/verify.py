@@ -7,22 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgediff import tolerances
-from edgediff.runtime.bundle import Verification
+from edgediff.graphs.compare import cpu_session, errors
 
 if TYPE_CHECKING:
     import onnxruntime
     import torch
-
-
-def cpu_session(path: Path, threads: int = 0) -> onnxruntime.InferenceSession:
-    """An ONNX Runtime CPU session for `path`, quiet (errors only); threads=0 lets ORT choose."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def torch_outputs(module: torch.nn.Module, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -33,18 +22,6 @@ def torch_outputs(module: torch.nn.Module, inputs: dict[str, np.ndarray]) -> lis
         out = module(**{k: torch.from_numpy(v) for k, v in inputs.items()})
     outs = out if isinstance(out, tuple) else (out,)
     return [o.float().numpy() for o in outs]
-
-
-def errors(
-    actual: list[np.ndarray], expected: list[np.ndarray], inputs: dict[str, np.ndarray]
-) -> dict[str, Any]:
-    """Max abs / rel error over all outputs for one set of inputs, with the input shapes."""
-    pairs = [tolerances.max_errors(a, e) for a, e in zip(actual, expected, strict=True)]
-    return {
-        "inputs": {name: list(value.shape) for name, value in inputs.items()},
-        "max_abs_error": max(p[0] for p in pairs),
-        "max_rel_error": max(p[1] for p in pairs),
-    }
 
 
 def compare(
@@ -69,18 +46,4 @@ def measure(
     return tuple(
         errors(session.run(None, case), want, case)
         for case, want in zip(cases, expected, strict=True)
-    )
-
-
-def verification(checks: tuple[dict[str, Any], ...], precision: str) -> Verification:
-    """The manifest record of `checks` against this precision's tolerance (read at call time)."""
-    tolerance = tolerances.EXPORT_REL_TOL[precision]
-    max_abs = max(c["max_abs_error"] for c in checks)
-    max_rel = max(c["max_rel_error"] for c in checks)
-    return Verification(
-        max_abs_error=max_abs,
-        max_rel_error=max_rel,
-        rel_tolerance=tolerance,
-        passed=bool(np.isfinite(max_rel) and max_rel <= tolerance),
-        shapes=checks,
     )

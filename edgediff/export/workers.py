@@ -85,9 +85,10 @@ def export_component(
 
     from edgediff.export.checkpoint import load_component
     from edgediff.export.components import wrap
-    from edgediff.export.fp16 import convert_to_fp16
-    from edgediff.export.onnx_export import check_model, export_graph, io_specs, save_ir
+    from edgediff.export.onnx_export import export_graph, save_ir
     from edgediff.export.verify import measure, torch_outputs
+    from edgediff.graphs.files import check_model, io_specs
+    from edgediff.graphs.fp16 import convert_to_fp16
 
     start = time.perf_counter()
     root = Path(job.bundle_root)

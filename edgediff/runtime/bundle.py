@@ -140,9 +140,12 @@ class EngineEntry:
     file: str
     onnx: str  # the ONNX file it was built from
     onnx_sha256: str
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str  # "8.7" (Orin), "8.9" (Ada), "9.0" (Hopper)
+    flavour: str  # "tensorrt" (classic) or "rtx" (TensorRT-RTX)
+    tensorrt_version: str  # with its flavour: "trt-10.3.0", "rtx-1.7.1.116"
+    # Compute capabilities it runs on: the building GPU's for classic TensorRT ("8.7" on Orin),
+    # the targets it was built for ahead of time for TensorRT-RTX ("8.6", "8.9", "12.0").
+    targets: tuple[str, ...]
+    gpu_name: str | None  # the GPU that built it; None for a TensorRT-RTX build without one
     # input name -> {"min": [...], "opt": [...], "max": [...]}
     profile: dict[str, dict[str, list[int]]]
     flags: dict[str, Any]  # builder settings: strongly typed, fp16, memory limits, ...
@@ -250,7 +253,17 @@ def _calibration(d: Any) -> Calibration | None:
 
 def _engine(d: Any) -> EngineEntry:
     try:
-        return EngineEntry(**d)
+        if isinstance(d, dict) and "flavour" not in d:  # edgediff 0.1: classic TensorRT only
+            d = dict(d)
+            d["flavour"] = "tensorrt"
+            d["tensorrt_version"] = f"trt-{d.get('tensorrt_version')}"
+            d["targets"] = [d.pop("compute_capability", None)]
+        entry = EngineEntry(**d)
+        if not isinstance(entry.targets, list) or not all(
+            isinstance(t, str) for t in entry.targets
+        ):
+            raise TypeError("'targets' is not a list of compute capabilities")
+        return replace(entry, targets=tuple(entry.targets))
     except TypeError as e:
         raise BundleError(
             f"manifest.json: an engine record is malformed ({e})",
@@ -415,12 +428,19 @@ class Bundle:
         """How to restore a bad file: rebuild it if it is an engine, re-export otherwise."""
         for engine in self.manifest.engines:
             if engine.file == rel:
-                return f"Rebuild it: {build_command(self.root, engine.precision, '--force')}"
+                command = build_command(
+                    self.root, engine.precision, "--flavour", engine.flavour, "--force"
+                )
+                return f"Rebuild it: {command}"
         return _REEXPORT
 
-    def engine(self, component: str, precision: str | None = None) -> EngineEntry:
-        """The TensorRT engine of a component at a precision (the only one built if None)."""
-        built = sorted({e.precision for e in self.manifest.engines})
+    def engine(
+        self, component: str, precision: str | None = None, flavour: str | None = None
+    ) -> EngineEntry:
+        """The TensorRT engine of a component at a precision (the only one built if None), of
+        a flavour ("tensorrt", "rtx"; None: the only one built)."""
+        engines = [e for e in self.manifest.engines if flavour in (None, e.flavour)]
+        built = sorted({e.precision for e in engines})
         if precision is None:
             if len(built) > 1:
                 raise BundleError(
@@ -428,13 +448,20 @@ class Bundle:
                     "Pick one with --precision",
                 )
             precision = built[0] if built else "fp16"
-        for engine in self.manifest.engines:
-            if engine.component == component and engine.precision == precision:
-                return engine
+        found = [e for e in engines if (e.component, e.precision) == (component, precision)]
+        if len(found) > 1:
+            raise BundleError(
+                f"the bundle has {precision} {component} engines of both TensorRT flavours",
+                "Pick one with flavour='tensorrt' or flavour='rtx'",
+            )
+        if found:
+            return found[0]
+        options = ("--flavour", flavour) if flavour else ()
+        what = {"tensorrt": "TensorRT", "rtx": "TensorRT-RTX"}.get(flavour or "", "TensorRT")
         raise BundleError(
-            f"the bundle has no {precision} TensorRT engine for {component}"
+            f"the bundle has no {precision} {what} engine for {component}"
             + (f" (it has engines at: {', '.join(built)})" if built else ""),
-            f"Build them on this device: {build_command(self.root, precision)}",
+            f"Build them: {build_command(self.root, precision, *options)}",
         )
 
     def model(self, component: str, precision: str | None = None) -> ModelEntry:
@@ -461,6 +488,15 @@ def file_record(root: str | os.PathLike, rel: str) -> FileRecord:
 def with_files(manifest: Manifest, root: str | os.PathLike, rels: list[str]) -> Manifest:
     """The manifest with these written files (re)hashed into its file table."""
     return replace(manifest, files={**manifest.files, **{r: file_record(root, r) for r in rels}})
+
+
+def with_model(manifest: Manifest, component: str, entry: ModelEntry) -> Manifest:
+    """The manifest with `entry` added to (or replacing) `component`'s model at its precision."""
+    comp = manifest.components[component]
+    models = {**comp.models, entry.precision: entry}
+    return replace(
+        manifest, components={**manifest.components, component: replace(comp, models=models)}
+    )
 
 
 def write_manifest(root: str | os.PathLike, manifest: Manifest) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from edgediff.runtime.bundle import Bundle, EngineEntry, ModelEntry, TensorSpec
+from edgediff.runtime.tensorrt_flavours import describe
 
 
 def _table(header: list[str] | None, rows: list[list[str]]) -> str:
@@ -56,7 +57,12 @@ def _engine_row(e: EngineEntry, size: int) -> list[str]:
         e.file,
         f"{e.precision} ({flags})",
         _size(size),
-        f"TensorRT {e.tensorrt_version}, {e.gpu_name} (sm {e.compute_capability})",
+        f"{describe(e.tensorrt_version)}, "
+        + (
+            f"{e.gpu_name} (sm {', '.join(e.targets)})"
+            if e.gpu_name
+            else f"targets sm {', '.join(e.targets)}"
+        ),
         profile,
     ]
 

@@ -25,8 +25,8 @@ def import_cudart() -> Any:
         except ImportError:
             raise BackendError(
                 "the TensorRT backend needs cuda-python, which is not installed",
-                "pip install 'edgediff[trt]' (on Jetson: pip install 'cuda-python==12.6.*' "
-                "to match JetPack 6's CUDA)",
+                "pip install 'edgediff[trt]' or 'edgediff[trt-rtx]' (on Jetson: pip install "
+                "'cuda-python==12.6.*' to match JetPack 6's CUDA)",
             ) from None
     return cudart
 
@@ -111,8 +111,23 @@ class Cuda:
             graph = _check(
                 self.rt, "cudaStreamEndCapture", self.rt.cudaStreamEndCapture(self.stream)
             )
-        return _check(self.rt, "cudaGraphInstantiate", self.rt.cudaGraphInstantiate(graph, 0))
+        try:
+            return _check(self.rt, "cudaGraphInstantiate", self.rt.cudaGraphInstantiate(graph, 0))
+        finally:
+            self.rt.cudaGraphDestroy(graph)  # the executable graph does not need its template
 
     def launch(self, graph_exec: Any) -> None:
         """Replay a captured graph on the stream."""
         _check(self.rt, "cudaGraphLaunch", self.rt.cudaGraphLaunch(graph_exec, self.stream))
+
+    def destroy_graph(self, graph_exec: Any) -> None:
+        """Release a graph from capture()."""
+        _check(self.rt, "cudaGraphExecDestroy", self.rt.cudaGraphExecDestroy(graph_exec))
+
+    def close(self) -> None:
+        """Wait for the stream's work, then destroy the stream."""
+        if self.stream is None:
+            return
+        self.synchronize()
+        _check(self.rt, "cudaStreamDestroy", self.rt.cudaStreamDestroy(self.stream))
+        self.stream = None

@@ -1,8 +1,10 @@
 """Whether a TensorRT engine can run here, and what to type when it cannot.
 
-TensorRT engines are not portable: one is valid only for the TensorRT version that built it and
-for GPUs of the compute capability it was built on. TensorRT itself fails deep inside
-deserialisation with a terse log line; these checks fail first, with the command that fixes it.
+TensorRT engines are not portable. A classic TensorRT engine is valid only for the TensorRT
+version that built it and for GPUs of the compute capability it was built on; a TensorRT-RTX
+engine only for its TensorRT-RTX version and for the compute capabilities it was built for (its
+targets). TensorRT itself fails deep inside deserialisation with a terse log line; these checks
+fail first, with the command that fixes it.
 """
 
 from __future__ import annotations
@@ -13,49 +15,71 @@ from pathlib import Path
 
 from edgediff.errors import BackendError, InputError
 from edgediff.runtime.bundle import EngineEntry, build_command
+from edgediff.runtime.tensorrt_flavours import Toolkit, describe
 
 
 @dataclass(frozen=True)
 class Platform:
-    """What an engine is bound to: the TensorRT version and the GPU."""
+    """Where engines are built or run: the installed TensorRT and the GPU, if there is one."""
 
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str  # "major.minor"
+    toolkit: Toolkit
+    gpu_name: str | None = None
+    compute_capability: str | None = None  # "major.minor"; None where there is no GPU
+    # Compute capabilities the toolkit builds for without that GPU (TensorRT-RTX); () for classic.
+    known_targets: tuple[str, ...] = ()
 
     @property
-    def sm(self) -> int:
-        """Compute capability as one number (8.7 -> 87), as CUDA names architectures."""
-        major, minor = self.compute_capability.split(".")
-        return int(major) * 10 + int(minor)
+    def sm(self) -> int | None:
+        """The GPU's compute capability as one number (8.7 -> 87), as CUDA names architectures."""
+        return None if self.compute_capability is None else sm_of(self.compute_capability)
+
+    def describe(self) -> str:
+        """ "TensorRT 10.3.0 on Orin (compute capability 8.7)", or "... (no GPU)"."""
+        if self.gpu_name is None:
+            return f"{self.toolkit.title} (no GPU here)"
+        gpu = f"{self.gpu_name} (compute capability {self.compute_capability})"
+        return f"{self.toolkit.title} on {gpu}"
+
+
+def sm_of(compute_capability: str) -> int:
+    """ "8.7" -> 87, "12.0" -> 120."""
+    major, minor = compute_capability.split(".")
+    return int(major) * 10 + int(minor)
 
 
 def incompatibility(engine: EngineEntry, here: Platform) -> str | None:
     """Why `engine` cannot run on `here`, or None when it can."""
     name = f"the {engine.precision} {engine.component} engine"
-    if engine.tensorrt_version != here.tensorrt_version:
-        return (
-            f"{name} was built by TensorRT {engine.tensorrt_version}; this is TensorRT "
-            f"{here.tensorrt_version}, which cannot load it"
-        )
-    if engine.compute_capability != here.compute_capability:
-        return (
-            f"{name} was built for a {engine.gpu_name} (compute capability "
-            f"{engine.compute_capability}); this GPU is a {here.gpu_name} (compute capability "
-            f"{here.compute_capability})"
-        )
-    return None
+    built_by = describe(engine.tensorrt_version)
+    if engine.flavour != here.toolkit.flavour:
+        return f"{name} was built by {built_by}; this machine runs {here.toolkit.title} instead"
+    if engine.tensorrt_version != here.toolkit.qualified_version:
+        return f"{name} was built by {built_by}; this is {here.toolkit.title}, which cannot load it"
+    if here.compute_capability in engine.targets:
+        return None
+    gpu = f"this GPU is a {here.gpu_name} (compute capability {here.compute_capability})"
+    if engine.flavour == "rtx":
+        return f"{name} was built for compute capabilities {', '.join(engine.targets)}; {gpu}"
+    built_on = ", ".join(engine.targets)
+    return f"{name} was built for a {engine.gpu_name} (compute capability {built_on}); {gpu}"
 
 
 def require_compatible(engine: EngineEntry, here: Platform, bundle_root: str | Path) -> None:
     """Raise a BackendError naming the mismatch and the rebuild command, if there is one."""
     problem = incompatibility(engine, here)
-    if problem is not None:
-        raise BackendError(
-            problem,
-            f"Rebuild the engines on this device: "
-            f"{build_command(bundle_root, engine.precision, '--force')}",
-        )
+    if problem is None:
+        return
+    if engine.flavour != here.toolkit.flavour:
+        options = ("--flavour", here.toolkit.flavour, "--force")
+        fix = "Rebuild the engines with the TensorRT installed here"
+    elif engine.flavour == "rtx" and engine.tensorrt_version == here.toolkit.qualified_version:
+        targets = sorted({*engine.targets, str(here.compute_capability)}, key=sm_of)
+        options = ("--targets", ",".join(targets), "--force")
+        fix = "Rebuild the engines for this GPU too"
+    else:
+        options = ("--force",)
+        fix = "Rebuild the engines on this device"
+    raise BackendError(problem, f"{fix}: {build_command(bundle_root, engine.precision, *options)}")
 
 
 def outside_profile(

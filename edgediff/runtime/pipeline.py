@@ -18,6 +18,7 @@ from edgediff.runtime.engine_compat import require_compatible
 from edgediff.runtime.guidance import DEFAULT_GUIDANCE, guided, is_guided
 from edgediff.runtime.images import to_images, to_pil
 from edgediff.runtime.schedulers import DDIMScheduler
+from edgediff.runtime.tensorrt_flavours import installed_flavours
 from edgediff.runtime.tokenizer import PromptTokenizer
 
 # Where the shipped default model lives inside the installed package.
@@ -41,7 +42,7 @@ def _model(
 ) -> tuple[str, str, tuple[str, ...]]:
     """(file to load, its precision, files to hash-check) of a component for this backend."""
     if backend.model_format == "engine":
-        engine = bundle.engine(component, precision)
+        engine = bundle.engine(component, precision, backend.platform.toolkit.flavour)
         require_compatible(engine, backend.platform, bundle.root)
         return engine.file, engine.precision, (engine.file,)
     entry = _entry(bundle, component, precision)
@@ -49,8 +50,18 @@ def _model(
 
 
 def _backend_options(name: str, bundle: Bundle) -> dict[str, Any]:
-    """Options a backend named on its own gets from the bundle: ort-trt caches engines in it."""
-    return {"cache_dir": bundle.path("engines/ort-trt")} if name == "ort-trt" else {}
+    """Options a backend named on its own gets from the bundle: ort-trt caches engines in it,
+    TensorRT-RTX its runtime cache, and where both TensorRTs are installed the bundle's
+    engines say which one to use."""
+    if name == "ort-trt":
+        return {"cache_dir": bundle.path("engines/ort-trt")}
+    if name != "trt":
+        return {}
+    options: dict[str, Any] = {"cache_dir": bundle.path("engines/rtx")}
+    flavours = {e.flavour for e in bundle.manifest.engines}
+    if len(flavours) == 1 and len(installed_flavours()) > 1:
+        options["flavour"] = flavours.pop()
+    return options
 
 
 def default_bundle() -> Path:
@@ -100,12 +111,14 @@ class Pipeline:
         tokenizer: PromptTokenizer,
         scheduler: DDIMScheduler,
         backend: Backend,
+        owns_backend: bool = False,
     ):
         self.bundle = bundle
         self.sessions = sessions
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.backend = backend
+        self._owns_backend = owns_backend  # made by load() from a name: closed with the pipeline
         self.config = bundle.manifest.model
         self.last_timings = Timings()
         # The bundle files each component was loaded from (set by load()).
@@ -128,24 +141,47 @@ class Pipeline:
         if not isinstance(bundle, Bundle):
             bundle = Bundle.open(default_bundle() if bundle is None else bundle)
         manifest = bundle.manifest
+        owns_backend = isinstance(backend, str)
         if isinstance(backend, str):
             backend = get_backend(backend, **_backend_options(backend, bundle))
-        models = {name: _model(bundle, backend, name, precision) for name in PIPELINE_COMPONENTS}
-        if verify:
-            bundle.verify([manifest.tokenizer.file] + [f for m in models.values() for f in m[2]])
-        sessions = {
-            name: backend.load(bundle.path(file), model_precision)
-            for name, (file, model_precision, _) in models.items()
-        }
+        sessions: dict[str, Session] = {}
+        try:
+            models = {n: _model(bundle, backend, n, precision) for n in PIPELINE_COMPONENTS}
+            if verify:
+                files = [f for m in models.values() for f in m[2]]
+                bundle.verify([manifest.tokenizer.file, *files])
+            for name, (file, model_precision, _) in models.items():
+                sessions[name] = backend.load(bundle.path(file), model_precision)
+        except BaseException:
+            for session in sessions.values():
+                session.close()
+            if owns_backend:
+                backend.close()
+            raise
         tokenizer = PromptTokenizer(
             bundle.path(manifest.tokenizer.file),
             manifest.tokenizer.max_length,
             manifest.tokenizer.pad_token_id,
         )
         scheduler = DDIMScheduler.from_config(manifest.scheduler)
-        pipeline = cls(bundle, sessions, tokenizer, scheduler, backend)
+        pipeline = cls(bundle, sessions, tokenizer, scheduler, backend, owns_backend)
         pipeline.model_files = {name: files for name, (_, _, files) in models.items()}
         return pipeline
+
+    def close(self) -> None:
+        """Release the models (and the backend, if load() made it); the pipeline cannot run
+        after. Safe to call twice."""
+        for session in self.sessions.values():
+            session.close()
+        if self._owns_backend:
+            self.backend.close()
+            self._owns_backend = False
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------ small named helpers
 

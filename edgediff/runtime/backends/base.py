@@ -22,6 +22,10 @@ class Session(Protocol):
         """
         ...
 
+    def close(self) -> None:
+        """Release what the model holds (device buffers, contexts); it cannot run after."""
+        ...
+
 
 def unchanged(array: np.ndarray, last: np.ndarray | None) -> bool:
     """Whether `array` is the read-only array a session was given last time (no copy needed)."""
@@ -39,4 +43,8 @@ class Backend(Protocol):
 
     def load(self, model_path: Path, precision: str = "fp32") -> Session:
         """Load one model file, built or quantised at `precision`."""
+        ...
+
+    def close(self) -> None:
+        """Release every session it loaded and anything shared (streams, scratch memory)."""
         ...

@@ -60,8 +60,17 @@ class OrtSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on host arrays; returns host arrays by output name."""
-        outputs = self._session.run(None, self._cast(feeds))
+        outputs = self._live().run(None, self._cast(feeds))
         return dict(zip(self.output_names, outputs, strict=True))
+
+    def _live(self) -> Any:
+        if self._session is None:
+            raise BackendError("this model's session was closed", "Load the pipeline again")
+        return self._session
+
+    def close(self) -> None:
+        """Release the ONNX Runtime session (its weights and arenas)."""
+        self._session = None
 
 
 class BoundOrtSession(OrtSession):
@@ -84,6 +93,7 @@ class BoundOrtSession(OrtSession):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Copy feeds into the bound device buffers, run, return host copies of the outputs."""
+        self._live()
         feeds = self._cast(feeds)
         shapes = tuple((name, feeds[name].shape) for name in self.input_names)
         if shapes != self._shapes:
@@ -94,7 +104,7 @@ class BoundOrtSession(OrtSession):
                 if not unchanged(feeds[name], self._held.get(name)):
                     self._inputs[name].update_inplace(feeds[name])
         self._held = feeds
-        self._session.run_with_iobinding(self._binding)
+        self._live().run_with_iobinding(self._binding)
         if self._outputs is None:  # first call at these shapes: keep what ORT allocated
             self._outputs = self._binding.get_outputs()
             for name, value in zip(self.output_names, self._outputs, strict=True):
@@ -118,6 +128,12 @@ class BoundOrtSession(OrtSession):
         for name in self.output_names:
             self._binding.bind_output(name, *self._device)
         self._outputs = None
+
+    def close(self) -> None:
+        """Release the device buffers and the session."""
+        self._inputs, self._outputs, self._held, self._shapes = {}, None, {}, None
+        self._binding = None
+        super().close()
 
 
 class OrtBackend:
@@ -164,6 +180,7 @@ class OrtBackend:
         self.cuda_graph = cuda_graph
         self.cache_dir = cache_dir
         self.providers = [p for p in wanted if p in available]
+        self._sessions: list[OrtSession] = []
 
     def load(self, model_path: Path, precision: str = "fp32") -> OrtSession:
         """Create an inference session for one ONNX file (`precision` as the bundle names it)."""
@@ -184,9 +201,18 @@ class OrtBackend:
                 "Re-export the bundle with `edgediff export CHECKPOINT BUNDLE --force`",
             ) from None
         if not self.io_binding:
-            return OrtSession(session)
-        device = "cpu" if self.name == "ort-cpu" else "cuda"
-        return BoundOrtSession(session, device, self.device_id)
+            loaded = OrtSession(session)
+        else:
+            device = "cpu" if self.name == "ort-cpu" else "cuda"
+            loaded = BoundOrtSession(session, device, self.device_id)
+        self._sessions.append(loaded)
+        return loaded
+
+    def close(self) -> None:
+        """Release every session this backend loaded."""
+        for session in self._sessions:
+            session.close()
+        self._sessions.clear()
 
 
 def provider_options(

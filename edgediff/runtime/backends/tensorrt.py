@@ -1,11 +1,16 @@
 """TensorRT backend: engines built by `edgediff build`, run through the name-based tensor API.
 
-Written against TensorRT 8.6 to 11 (set_input_shape / set_tensor_address / execute_async_v3)
-and cuda-python; no torch. Each session keeps one device buffer per tensor, grown only when a
-bigger shape arrives, so the denoising loop allocates nothing after its first step. All
-engines of a backend share one block of scratch (activation) memory, sized for the largest,
-because the pipeline runs them one after another on one stream. A session whose engine has
-only static shapes can capture its launch as a CUDA graph and replay it.
+Written against TensorRT 8.6 to 11 and TensorRT-RTX 1.x (set_input_shape / set_tensor_address /
+execute_async_v3) and cuda-python; no torch. Each session keeps one device buffer per tensor,
+grown only when a bigger shape arrives, so the denoising loop allocates nothing after its first
+step. All engines of a backend share one block of scratch (activation) memory, sized for the
+largest, because the pipeline runs them one after another on one stream.
+
+CUDA graphs: a classic engine with only static shapes can have its launch captured here and
+replayed. TensorRT-RTX captures and replays graphs itself (its runtime config's
+WHOLE_GRAPH_CAPTURE strategy), so there it is asked to instead. TensorRT-RTX also compiles
+kernels for the GPU at first inference; they are kept in a runtime cache that this backend
+loads from and saves to `cache_dir` (the bundle's engines/rtx/), so only the first run pays.
 """
 
 from __future__ import annotations
@@ -19,28 +24,33 @@ from edgediff.errors import BackendError
 from edgediff.runtime.backends.base import unchanged
 from edgediff.runtime.cuda import Cuda, handle
 from edgediff.runtime.engine_compat import Platform, require_in_profile
+from edgediff.runtime.files import atomic_write_bytes
+from edgediff.runtime.tensorrt_flavours import import_tensorrt, rtx_targets, toolkit_of
 
 _REBUILD = "Rebuild the bundle's engines on this device: edgediff build BUNDLE --force"
 
 
-def import_tensorrt() -> Any:
-    """The tensorrt module, or a BackendError saying how to install it."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise BackendError(
-            "TensorRT's Python package is not installed",
-            "On a desktop: pip install 'edgediff[trt]'. On Jetson it comes with JetPack: "
-            "sudo apt install python3-libnvinfer, with a venv made by "
-            "`python3 -m venv --system-site-packages`",
-        ) from None
-    return tensorrt
-
-
-def platform_of(cuda: Cuda) -> Platform:
-    """The TensorRT version here and the GPU `cuda` drives: what an engine must be built for."""
+def platform_of(trt: Any, cuda: Cuda) -> Platform:
+    """The TensorRT module `trt` and the GPU `cuda` drives: what an engine must be built for."""
     gpu_name, capability = cuda.gpu()
-    return Platform(import_tensorrt().__version__, gpu_name, capability)
+    toolkit = toolkit_of(trt)
+    known = tuple(rtx_targets(trt)) if toolkit.builds_ahead_of_time else ()
+    return Platform(toolkit, gpu_name, capability, known)
+
+
+def runtime_cache_file(cache_dir: Path, platform: Platform) -> Path:
+    """TensorRT-RTX's runtime cache for this version and GPU architecture, in `cache_dir`."""
+    return cache_dir / f"runtime-{platform.toolkit.qualified_version}-sm{platform.sm}.cache"
+
+
+def _invalid_reasons(trt: Any, diagnostics: int) -> str:
+    """TensorRT-RTX's engine invalidity bit mask as words."""
+    names = [
+        name.lower().replace("_", " ")
+        for name, value in trt.EngineInvalidityDiagnostics.__members__.items()
+        if diagnostics & int(value)
+    ]
+    return ", ".join(names) or "no reason given"
 
 
 class TrtSession:
@@ -57,7 +67,12 @@ class TrtSession:
         self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         # (min, max) shape per input: profile 0's where dynamic (`edgediff build` makes one).
         self._ranges = {n: self._range(engine, n) for n in self.input_names}
-        if hasattr(engine, "device_memory_size_v2"):  # TensorRT 10.1 and later
+        rtx = backend.toolkit.flavour == "rtx"
+        if rtx:
+            self._runtime_config = backend.runtime_config(engine, cuda_graph)
+            self._context = engine.create_execution_context(self._runtime_config)
+            self.scratch_bytes = int(engine.device_memory_size_v2)
+        elif hasattr(engine, "device_memory_size_v2"):  # TensorRT 10.1 and later
             strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
             self._context = engine.create_execution_context(strategy)
             self.scratch_bytes = int(engine.device_memory_size_v2)
@@ -68,7 +83,9 @@ class TrtSession:
             raise BackendError("TensorRT could not create an execution context", _REBUILD)
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, capacity)
         self._held: dict[str, np.ndarray] = {}  # each input's last host array
-        self._use_graph = cuda_graph and all(lo == hi for lo, hi in self._ranges.values())
+        # TensorRT-RTX captures its own graphs (see TrtBackend.runtime_config).
+        static = all(lo == hi for lo, hi in self._ranges.values())
+        self._use_graph = cuda_graph and static and not rtx
         self._graph: Any = None
 
     @staticmethod
@@ -85,10 +102,17 @@ class TrtSession:
             self._context.set_device_memory(pointer, size)
         else:
             self._context.device_memory = pointer
-        self._graph = None  # a captured graph holds the old addresses
+        self._drop_graph()  # a captured graph holds the old addresses
+
+    def _drop_graph(self) -> None:
+        if self._graph is not None:
+            self._cuda.destroy_graph(self._graph)
+            self._graph = None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Copy feeds to the device, run the engine, return host copies of the outputs."""
+        if self._context is None:
+            raise BackendError("this engine's session was closed", "Load the pipeline again")
         for name in self.input_names:
             array = np.ascontiguousarray(feeds[name], dtype=self._dtypes[name])
             require_in_profile(name, array.shape, *self._ranges[name])
@@ -126,7 +150,7 @@ class TrtSession:
             self._buffers[name] = (pointer, nbytes)
             if not self._context.set_tensor_address(name, pointer):
                 raise BackendError(f"TensorRT refused the address of tensor '{name}'")
-            self._graph = None
+            self._drop_graph()
             self._held.pop(name, None)  # a new buffer holds nothing yet
         return pointer
 
@@ -135,36 +159,93 @@ class TrtSession:
             raise BackendError("TensorRT failed to run the engine (see its log above)", _REBUILD)
 
     def close(self) -> None:
-        """Free the device buffers."""
+        """Free the device buffers, the captured graph and the execution context."""
+        if self._context is None:
+            return
         self._cuda.synchronize()
         for pointer, _ in self._buffers.values():
             self._cuda.free(pointer)
         self._buffers.clear()
+        self._held.clear()
+        if self._graph is not None:
+            self._cuda.destroy_graph(self._graph)
+            self._graph = None
+        self._context = None  # TensorRT frees a context when its last reference goes
+        self._engine = None
 
 
 class TrtBackend:
-    """Loads TensorRT engines onto one GPU; `platform` is what engines must have been built for."""
+    """Loads TensorRT engines onto one GPU; `platform` is what engines must have been built for.
+
+    `flavour` picks "tensorrt" or "rtx" where both are installed; `cache_dir` is where
+    TensorRT-RTX's runtime cache is kept (None: in memory, for this backend's life only).
+    """
 
     name = "trt"
     array_location = "host"
     model_format = "engine"
 
-    def __init__(self, device_id: int = 0, cuda_graph: bool = False):
-        self.trt = import_tensorrt()
+    def __init__(
+        self,
+        device_id: int = 0,
+        cuda_graph: bool = False,
+        flavour: str | None = None,
+        cache_dir: str | Path | None = None,
+    ):
+        self.trt = import_tensorrt(flavour)
+        self.toolkit = toolkit_of(self.trt)
         self.cuda = Cuda(device_id)
         self.cuda_graph = cuda_graph
         self._logger = self.trt.Logger(self.trt.Logger.WARNING)
         self._runtime = self.trt.Runtime(self._logger)
-        self.platform = platform_of(self.cuda)
+        self.platform = platform_of(self.trt, self.cuda)
         self._sessions: list[TrtSession] = []
         self._scratch = (0, 0)  # (pointer, bytes) shared by every session
+        self._cache_file = (
+            runtime_cache_file(Path(cache_dir), self.platform)
+            if cache_dir is not None and self.toolkit.flavour == "rtx"
+            else None
+        )
+        self._runtime_cache: Any = None  # TensorRT-RTX: one cache shared by every context
+
+    def runtime_config(self, engine: Any, cuda_graph: bool) -> Any:
+        """A TensorRT-RTX runtime config: user-managed scratch, the shared runtime cache, and
+        TensorRT-RTX's own CUDA graph capture when asked for."""
+        trt = self.trt
+        config = engine.create_runtime_config()
+        config.set_execution_context_allocation_strategy(
+            trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        )
+        if self._runtime_cache is None:
+            self._runtime_cache = config.create_runtime_cache()
+            if self._cache_file is not None and self._cache_file.is_file():
+                # A cache from another GPU or version is ignored by TensorRT-RTX, not an error.
+                self._runtime_cache.deserialize(self._cache_file.read_bytes())
+        config.set_runtime_cache(self._runtime_cache)
+        if cuda_graph:
+            config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        return config
+
+    def _check_valid(self, data: bytes, model_path: Path) -> None:
+        """Ask TensorRT-RTX whether it can run the engine on this GPU, before loading it."""
+        if not hasattr(self._runtime, "get_engine_validity"):
+            return
+        validity, diagnostics = self._runtime.get_engine_validity(data)
+        if validity == self.trt.EngineValidity.INVALID:
+            raise BackendError(
+                f"{self.toolkit.title} cannot run '{model_path}' on this "
+                f"{self.platform.gpu_name}: {_invalid_reasons(self.trt, int(diagnostics))}",
+                _REBUILD,
+            )
 
     def load(self, model_path: Path, precision: str = "fp16") -> TrtSession:
         """Deserialise one engine file into a session that uses the shared scratch memory."""
-        engine = self._runtime.deserialize_cuda_engine(Path(model_path).read_bytes())
+        data = Path(model_path).read_bytes()
+        self._check_valid(data, Path(model_path))
+        engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise BackendError(
-                f"TensorRT {self.platform.tensorrt_version} could not load '{model_path}' "
+                f"{self.toolkit.title} could not load '{model_path}' "
                 "(built by another TensorRT version, for another GPU, or damaged)",
                 _REBUILD,
             )
@@ -183,9 +264,13 @@ class TrtBackend:
         return session
 
     def close(self) -> None:
-        """Free every session's buffers and the shared scratch block."""
+        """Save the runtime cache; free every session, the shared scratch block and the stream."""
+        if self._runtime_cache is not None and self._cache_file is not None:
+            atomic_write_bytes(self._cache_file, bytes(self._runtime_cache.serialize()))
         for session in self._sessions:
             session.close()
         if self._scratch[0]:
             self.cuda.free(self._scratch[0])
         self._sessions, self._scratch = [], (0, 0)
+        self._runtime_cache = None
+        self.cuda.close()

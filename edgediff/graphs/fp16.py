@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgediff.export.onnx_export import data_file, save_proto
+from edgediff.graphs.files import data_file, save_proto
 
 if TYPE_CHECKING:
     import onnx
