@@ -240,6 +240,10 @@ void edgediff_close(edgediff_pipeline *pipe) {
     if (pipe == NULL) return;
     if (pipe->py != NULL) {
         PyGILState_STATE gil = PyGILState_Ensure();
+        /* Release sessions, device buffers and streams now, not whenever Python collects. */
+        PyObject *closed = PyObject_CallMethod(pipe->py, "close", NULL);
+        if (closed == NULL) PyErr_Clear();
+        Py_XDECREF(closed);
         Py_DECREF(pipe->py);
         PyGILState_Release(gil);
     }

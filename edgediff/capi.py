@@ -48,6 +48,10 @@ class CPipeline:
             bundle or None, backend=backend or "ort-cpu", precision=precision or None
         )
 
+    def close(self) -> None:
+        """Release the pipeline's sessions and backend (edgediff_close calls this)."""
+        self.pipeline.close()
+
     def generate(
         self,
         prompt: str,

@@ -31,7 +31,8 @@ QUANT_CALL_MIN_PSNR_DB: dict[str, float] = {"int8": 35.0, "fp8": 32.0}
 # GPU backends vs ONNX Runtime's CPU provider, final images of the same request (PSNR, peak 1).
 # fp32 on the GPU still differs: cuDNN convolutions may use TF32; engines built at fp16 or from
 # Q/DQ models differ as their precision does.
-GPU_IMAGE_MIN_PSNR_DB: dict[str, float] = {"fp32": 40.0, "fp16": 30.0, "int8": 30.0}
+# FP8 has the INT8 limit until a GPU run measures it (its Q/DQ calls are 3 dB below INT8's).
+GPU_IMAGE_MIN_PSNR_DB: dict[str, float] = {"fp32": 40.0, "fp16": 30.0, "int8": 30.0, "fp8": 30.0}
 
 
 def max_errors(actual, reference) -> tuple[float, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,22 @@ def bundles(checkpoints, tmp_path_factory) -> dict[str, Path]:
 def tiny_bundle(bundles) -> Path:
     """The exported 'tiny' bundle (read-only: copy it before changing a byte)."""
     return bundles["tiny"]
+
+
+@pytest.fixture(scope="session")
+def quantized(tmp_path_factory):
+    """A copy of the shipped bundle, calibrated (8 prompts, 8 steps), INT8 and FP8 U-Nets
+    (read-only: copy it before changing a byte)."""
+    pytest.importorskip("onnx", reason="quantising needs the [quant] extra")
+    from edgediff.calibration.capture import calibrate
+    from edgediff.calibration.prompts import read_prompts
+    from edgediff.calibration.quantize_bundle import quantize_bundle
+    from edgediff.runtime.bundle import Bundle
+    from edgediff.runtime.pipeline import DEFAULT_BUNDLE
+
+    root = tmp_path_factory.mktemp("quantized") / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, root)
+    calibrate(root, read_prompts(), samples=8, steps=8, batch_size=4, force=True)
+    quantize_bundle(root, "int8", ["unet"], keep="none", probe_prompts=4, force=True)
+    quantize_bundle(root, "fp8", ["unet"], keep="none", probe_prompts=4, force=True)
+    return Bundle.open(root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -45,13 +46,14 @@ def _has_gpu() -> bool:
     return True
 
 
-HAS_TRT = _has_module("tensorrt") and _has_gpu()
+HAS_TRT = (_has_module("tensorrt") or _has_module("tensorrt_rtx")) and _has_gpu()
 needs_ort_cuda = pytest.mark.skipif(
     "CUDAExecutionProvider" not in _ort_providers(),
     reason="needs onnxruntime-gpu and an NVIDIA GPU (this onnxruntime has no CUDA provider)",
 )
 needs_trt = pytest.mark.skipif(
-    not HAS_TRT, reason="needs TensorRT, cuda-python and an NVIDIA GPU (not on this machine)"
+    not HAS_TRT,
+    reason="needs TensorRT or TensorRT-RTX, cuda-python and an NVIDIA GPU (not on this machine)",
 )
 
 
@@ -103,15 +105,46 @@ def test_tensorrt_ep_caches_in_the_bundle_and_leaves_qdq_models_strongly_typed(t
     )
 
 
-@pytest.mark.skipif(HAS_TRT, reason="checks the message shown where TensorRT is absent")
-def test_without_tensorrt_build_and_trt_say_what_to_install(tmp_path):
+def test_closed_pipelines_release_their_sessions_and_refuse_to_run():
+    with Pipeline.load(None) as pipe:
+        pipe("a red circle", seed=1, output_type="np", num_inference_steps=2)
+    with pytest.raises(BackendError, match="session was closed"):
+        pipe("a red circle", seed=1, num_inference_steps=2)
+    pipe.close()  # twice is fine
+    backend = OrtBackend("ort-cpu")
+    shared = Pipeline.load(None, backend=backend)
+    shared.close()  # a backend the caller passed in stays the caller's to close
+    again = Pipeline.load(None, backend=backend)
+    assert again("a red circle", seed=1, output_type="np", num_inference_steps=2).shape[0] == 1
+    backend.close()
+    with pytest.raises(BackendError, match="session was closed"):
+        again("a red circle", seed=1, num_inference_steps=2)
+
+
+@pytest.mark.skipif(_has_module("tensorrt"), reason="checks the message where TensorRT is absent")
+def test_without_classic_tensorrt_build_and_trt_say_what_to_install(tmp_path):
     with pytest.raises(BackendError, match=r"TensorRT's Python package is not installed.*apt"):
-        get_backend("trt")
-    result = CliRunner().invoke(cli, ["build", str(DEFAULT_BUNDLE)])
+        get_backend("trt", flavour="tensorrt")
+    result = CliRunner().invoke(cli, ["build", str(DEFAULT_BUNDLE), "--flavour", "tensorrt"])
     assert result.exit_code == 1
     assert result.output.count("\n") == 1 and "pip install 'edgediff[trt]'" in result.output
     result = CliRunner().invoke(cli, ["build", str(tmp_path / "nope")])
     assert "bundle folder" in result.output and "does not exist" in result.output
+    with pytest.raises(BackendError, match="unknown TensorRT flavour 'trt'"):
+        get_backend("trt", flavour="trt")
+
+
+@pytest.mark.skipif(
+    not _has_module("tensorrt_rtx") or _has_module("cuda"),
+    reason="checks the message where TensorRT-RTX is installed and cuda-python is not",
+)
+def test_rtx_without_cuda_python_builds_but_does_not_run(tmp_path):
+    with pytest.raises(BackendError, match=r"needs cuda-python.*edgediff\[trt-rtx\]"):
+        get_backend("trt")
+    result = CliRunner().invoke(
+        cli, ["generate", "x", "--backend", "trt", "--out", str(tmp_path / "x.png")]
+    )
+    assert result.exit_code == 1 and "cuda-python" in result.output
 
 
 @pytest.mark.skipif(
@@ -134,43 +167,58 @@ def test_ort_cuda_matches_the_cpu(reference, cuda_graph):
         assert psnr(images, reference, peak=1.0) >= GPU_IMAGE_MIN_PSNR_DB["fp32"]
 
 
+def _build_here(root, request):
+    """Build `root`'s engines with the TensorRT installed, for the GPU here."""
+    from edgediff.engines.build import build_engines
+    from edgediff.engines.tensorrt_builder import build_engine, current_platform
+    from edgediff.runtime.cuda import Cuda
+
+    platform = current_platform()
+    if platform.toolkit.builds_ahead_of_time:
+        cuda = Cuda()
+        _, capability = cuda.gpu()
+        cuda.close()
+        if capability not in platform.known_targets:
+            pytest.skip(f"TensorRT-RTX builds no engines for compute capability {capability}")
+        request = replace(request, targets=(capability,))
+    return platform, request, build_engines(root, request, platform, build_engine)
+
+
 @needs_trt
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_trt_engines_build_once_and_match_the_cpu(reference, tmp_path, precision):
-    from edgediff.engines.build import build_engines
+    from edgediff.engines.build import build_engines, default_timing_cache
     from edgediff.engines.plan import BuildRequest
-    from edgediff.engines.tensorrt_builder import build_engine, current_platform
+    from edgediff.engines.tensorrt_builder import build_engine
 
     root = tmp_path / "bundle"
     shutil.copytree(DEFAULT_BUNDLE, root)
-    request = BuildRequest(precision=precision)
-    platform = current_platform()
-    built = build_engines(root, request, platform, build_engine)
+    platform, request, built = _build_here(root, BuildRequest(precision=precision))
     assert not any(r.reused for r in built)
     assert all(r.reused for r in build_engines(root, request, platform, build_engine))
-    assert (root / f"engines/timing-trt{platform.tensorrt_version}-sm{platform.sm}.cache").is_file()
-    pipe = Pipeline.load(root, backend="trt", precision=precision)
-    images = pipe(**REQUEST)
-    assert psnr(images, reference, peak=1.0) >= GPU_IMAGE_MIN_PSNR_DB[precision]
+    cache = default_timing_cache(root, platform)
+    assert cache is None if platform.toolkit.builds_ahead_of_time else cache.is_file()
+    with Pipeline.load(root, backend="trt", precision=precision) as pipe:
+        images = pipe(**REQUEST)
+        assert psnr(images, reference, peak=1.0) >= GPU_IMAGE_MIN_PSNR_DB[precision]
+    if platform.toolkit.builds_ahead_of_time:  # kernels compiled at first run are kept
+        assert list((root / "engines/rtx").glob("runtime-*.cache"))
 
 
 @needs_trt
 def test_static_trt_engines_replay_cuda_graphs_and_refuse_other_shapes(reference, tmp_path):
-    from edgediff.engines.build import build_engines
     from edgediff.engines.plan import BuildRequest
     from edgediff.engines.profiles import Span
-    from edgediff.engines.tensorrt_builder import build_engine, current_platform
     from edgediff.errors import InputError
     from edgediff.runtime.backends.tensorrt import TrtBackend
 
     root = tmp_path / "bundle"
     shutil.copytree(DEFAULT_BUNDLE, root)
-    build_engines(
-        root, BuildRequest(batch=Span(2, 2, 2), static=True), current_platform(), build_engine
-    )
-    pipe = Pipeline.load(root, backend=TrtBackend(cuda_graph=True))
-    first, second = pipe(**REQUEST), pipe(**REQUEST)
-    np.testing.assert_array_equal(first, second)
-    assert psnr(first, reference, peak=1.0) >= GPU_IMAGE_MIN_PSNR_DB["fp16"]
-    with pytest.raises(InputError, match="outside the engine's profile"):
-        pipe("one prompt only", seed=1)
+    _build_here(root, BuildRequest(batch=Span(2, 2, 2), static=True))
+    with Pipeline.load(root, backend=TrtBackend(cuda_graph=True)) as pipe:
+        first, second = pipe(**REQUEST), pipe(**REQUEST)
+        np.testing.assert_array_equal(first, second)
+        assert psnr(first, reference, peak=1.0) >= GPU_IMAGE_MIN_PSNR_DB["fp16"]
+        with pytest.raises(InputError, match="outside the engine's profile"):
+            pipe("one prompt only", seed=1)
+        pipe.backend.close()

@@ -18,7 +18,11 @@ import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = [p for d in ("runtime", "engines") for p in sorted((ROOT / "edgediff" / d).rglob("*.py"))]
+SHIPPED = [
+    p
+    for d in ("runtime", "engines", "graphs")
+    for p in sorted((ROOT / "edgediff" / d).rglob("*.py"))
+]
 SHIPPED += [
     ROOT / "edgediff" / n
     for n in ("__init__.py", "capi.py", "errors.py", "cli.py", "tolerances.py")

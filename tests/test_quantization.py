@@ -34,17 +34,6 @@ from edgediff.runtime.pipeline import DEFAULT_BUNDLE, Pipeline
 from edgediff.tolerances import QUANT_CALL_MIN_PSNR_DB, QUANT_TARGET_PSNR_DB
 
 
-@pytest.fixture(scope="module")
-def quantized(tmp_path_factory) -> Bundle:
-    """A copy of the shipped bundle, calibrated (8 prompts, 8 steps), INT8 and FP8 U-Nets."""
-    root = tmp_path_factory.mktemp("quantized") / "bundle"
-    shutil.copytree(DEFAULT_BUNDLE, root)
-    calibrate(root, read_prompts(), samples=8, steps=8, batch_size=4, force=True)
-    quantize_bundle(root, "int8", ["unet"], keep="none", probe_prompts=4, force=True)
-    quantize_bundle(root, "fp8", ["unet"], keep="none", probe_prompts=4, force=True)
-    return Bundle.open(root)
-
-
 def _unet_call_psnrs(bundle: Bundle, precision: str) -> list[float]:
     inputs = RecordedInputs(calibration_record(bundle, "unet"))
     backend = get_backend("ort-cpu")

@@ -30,7 +30,7 @@ _TITLE = {"tensorrt": "TensorRT", "rtx": "TensorRT-RTX"}
 _INSTALL = {
     "tensorrt": "pip install 'edgediff[trt]' (on Jetson it comes with JetPack: sudo apt install "
     "python3-libnvinfer, with a venv made by `python3 -m venv --system-site-packages`)",
-    "rtx": "pip install 'edgediff[trt-rtx]' (RTX GPUs on x86-64 Linux and Windows)",
+    "rtx": "pip install 'edgediff[trt-rtx]' (RTX GPUs on Linux and Windows PCs)",
 }
 # The first classic TensorRT whose networks are always strongly typed (no FP16/INT8 flags).
 ALWAYS_STRONGLY_TYPED_MAJOR = 11
@@ -119,7 +119,8 @@ def import_tensorrt(flavour: str | None = None) -> Any:
         return importlib.import_module(_MODULE[flavour])
     except ImportError:
         raise BackendError(
-            f"{_TITLE[flavour]}'s Python package is not installed", _INSTALL[flavour].capitalize()
+            f"{_TITLE[flavour]}'s Python package is not installed",
+            f"Install it: {_INSTALL[flavour]}",
         ) from None
 
 

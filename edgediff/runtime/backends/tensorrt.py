@@ -15,6 +15,7 @@ loads from and saves to `cache_dir` (the bundle's engines/rtx/), so only the fir
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +267,10 @@ class TrtBackend:
     def close(self) -> None:
         """Save the runtime cache; free every session, the shared scratch block and the stream."""
         if self._runtime_cache is not None and self._cache_file is not None:
-            atomic_write_bytes(self._cache_file, bytes(self._runtime_cache.serialize()))
+            try:
+                atomic_write_bytes(self._cache_file, bytes(self._runtime_cache.serialize()))
+            except OSError as e:  # a read-only bundle: the next run compiles again, no more
+                warnings.warn(f"TensorRT-RTX's runtime cache was not saved: {e}", stacklevel=2)
         for session in self._sessions:
             session.close()
         if self._scratch[0]:
