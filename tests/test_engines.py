@@ -442,3 +442,32 @@ def test_engine_records_of_edgediff_0_1_still_read(bundle_dir):
         ("8.7",),
     )
     assert incompatibility(engine, ORIN) is None
+
+
+def test_tensorrt_11_builds_float_components_from_fp16_models_too(bundle_dir):
+    trt11 = Platform(Toolkit("tensorrt", "11.4.0"), "NVIDIA GeForce RTX 5090", "12.0")
+    build_engines(
+        bundle_dir, BuildRequest(precision="fp16", fp16_vae=True), trt11, RecordingBuilder()
+    )
+    engines = {e.component: e for e in Bundle.open(bundle_dir).manifest.engines}
+    assert {c: e.onnx for c, e in engines.items()} == {
+        c: f"{c}/model.fp16.onnx" for c in ("text_encoder", "unet", "vae_decoder")
+    }
+    assert {e.flags["strongly_typed"] for e in engines.values()} == {True}
+    assert {(e.targets, e.gpu_name) for e in engines.values()} == {
+        (("12.0",), "NVIDIA GeForce RTX 5090")
+    }
+
+
+def test_an_fp16_model_that_misses_the_tolerance_is_refused_and_not_kept(bundle_dir, monkeypatch):
+    from edgediff import tolerances
+
+    before = (bundle_dir / "manifest.json").read_bytes()
+    monkeypatch.setitem(tolerances.EXPORT_REL_TOL, "fp16", 1e-9)
+    with pytest.raises(EngineError, match=r"fp16 text_encoder differs from its fp32 model by"):
+        build_engines(bundle_dir, BuildRequest(precision="int8"), RTX, RecordingBuilder())
+    assert (bundle_dir / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in (bundle_dir / "text_encoder").iterdir()) == [
+        "config.json",
+        "model.onnx",
+    ]
