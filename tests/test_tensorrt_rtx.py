@@ -79,6 +79,7 @@ def test_fp16_engines_build_from_an_fp32_only_bundle(tiny_bundle, tmp_path):
     for component in ("text_encoder", "unet"):
         made = bundle.model(component, "fp16")
         assert made.file == f"{component}/model.fp16.onnx" and made.verification.passed
+        assert made.verification.reference == f"fp32 ONNX ({component}/model.onnx)"
         assert made.inputs == bundle.model(component, "fp32").inputs
         assert _has_fp16_weights(root / made.file)
         assert engines[component].onnx == made.file

@@ -39,13 +39,16 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Verification:
-    """How an exported model compared with PyTorch (max errors over all checked shapes)."""
+    """How a model compared with its reference (max errors over all checked shapes)."""
 
     max_abs_error: float
     max_rel_error: float
     rel_tolerance: float
     passed: bool
     shapes: tuple[dict[str, Any], ...] = ()
+    # What it was compared with: the checkpoint's PyTorch module (export), or the bundle's
+    # fp32 model (fp16 models made by `edgediff build`).
+    reference: str = "PyTorch"
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def _check(entry: ModelEntry) -> str:
     v, q = entry.verification, entry.quantization
     if v is not None:
         return (
-            f"vs PyTorch: {'ok' if v.passed else 'FAILED'} abs {v.max_abs_error:.1e} "
+            f"vs {v.reference}: {'ok' if v.passed else 'FAILED'} abs {v.max_abs_error:.1e} "
             f"rel {v.max_rel_error:.1e} (tol {v.rel_tolerance:.0e})"
         )
     if q is not None:
