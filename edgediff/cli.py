@@ -96,6 +96,10 @@ def export(checkpoint_dir, bundle_dir, fp16, fp16_vae, opset, force, no_verify) 
     click.echo(f"wrote {bundle_dir} ({len(manifest.components)} components)")
 
 
+# Files one `generate` writes at most: past this, listing and checking names is the slow part.
+MAX_COUNT = 4096
+
+
 def _output_paths(out: Path, count: int) -> list[Path]:
     if count == 1:
         return [out]
@@ -121,7 +125,14 @@ def _output_paths(out: Path, count: int) -> list[Path]:
 @click.option("--seed", type=int, default=None, help="Random seed (default: a new one, printed).")
 @click.option("--height", type=int, default=None, help="Image height (multiple of the VAE factor).")
 @click.option("--width", type=int, default=None, help="Image width (multiple of the VAE factor).")
-@click.option("-n", "--count", default=1, show_default=True, help="Images to generate.")
+@click.option(
+    "-n",
+    "--count",
+    type=click.IntRange(1, MAX_COUNT),
+    default=1,
+    show_default=True,
+    help=f"Images to generate (at most {MAX_COUNT} per command).",
+)
 @click.option(
     "--eta", default=0.0, show_default=True, help="DDIM eta: 0 deterministic, 1 DDPM-like."
 )

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 TEST_PRESETS = ("tiny", "tiny-v")
+
+try:
+    from hypothesis import settings
+
+    # CI sees the same examples on every run (a red CI is then a regression, not luck);
+    # elsewhere each run explores new ones.
+    settings.register_profile("ci", derandomize=True)
+    settings.load_profile("ci" if os.environ.get("CI") else "default")
+except ImportError:  # hypothesis comes with [dev]
+    pass
 
 
 @pytest.fixture(scope="session")

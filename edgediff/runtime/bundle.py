@@ -20,6 +20,7 @@ from typing import Any
 from edgediff import __version__
 from edgediff.errors import BundleError
 from edgediff.runtime.files import atomic_write_text, sha256_file
+from edgediff.runtime.typed_json import FieldError, decode
 
 MANIFEST = "manifest.json"
 FORMAT = "edgediff-bundle"
@@ -206,126 +207,117 @@ class Manifest:
 
 # ---------------------------------------------------------------- parsing (strict, with paths)
 
-
-def _get(data: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(data, dict) or key not in data:
-        raise BundleError(f"manifest.json has no '{where}{key}'", _REEXPORT)
-    value = data[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise BundleError(f"manifest.json: '{where}{key}' has the wrong type", _REEXPORT)
-    return value
-
-
 _REEXPORT = "Re-export the bundle with `edgediff export CHECKPOINT BUNDLE --force`"
 
+# The smallest value each numeric field may take, by field name; other numbers need only their
+# type (and floats to be finite).
+_MINIMUMS: dict[str, float] = {
+    **dict.fromkeys(
+        (
+            "latent_channels",
+            "vae_scale_factor",
+            "sample_size",
+            "max_text_length",
+            "text_embed_dim",
+            "unet_scale_factor",
+            "max_length",
+            "prompts",
+            "steps",
+            "batch_size",
+            "format_version",
+            "num_train_timesteps",
+            "height",
+            "width",
+        ),
+        1,
+    ),
+    **dict.fromkeys(("pad_token_id", "bytes", "seed", "steps_offset", "build_seconds"), 0),
+    "scaling_factor": 1e-6,
+}
 
-def _tensor(d: Any, where: str) -> TensorSpec:
-    return TensorSpec(
-        name=_get(d, "name", str, where),
-        dtype=_get(d, "dtype", str, where),
-        shape=tuple(_get(d, "shape", list, where)),
-    )
+# The scheduler fields the runtime reads, with their types (diffusers' DDIMScheduler names).
+_SCHEDULER = {
+    "num_train_timesteps": int,
+    "beta_start": float,
+    "beta_end": float,
+    "beta_schedule": str,
+    "trained_betas": tuple[float, ...] | None,
+    "clip_sample": bool,
+    "set_alpha_to_one": bool,
+    "steps_offset": int,
+    "prediction_type": str,
+    "thresholding": bool,
+    "dynamic_thresholding_ratio": float,
+    "clip_sample_range": float,
+    "sample_max_value": float,
+    "timestep_spacing": str,
+    "rescale_betas_zero_snr": bool,
+}
 
 
-def _model_entry(d: Any, where: str) -> ModelEntry:
-    ver = d.get("verification") if isinstance(d, dict) else None
-    return ModelEntry(
-        file=_get(d, "file", str, where),
-        precision=_get(d, "precision", str, where),
-        inputs=tuple(_tensor(t, where + "inputs.") for t in _get(d, "inputs", list, where)),
-        outputs=tuple(_tensor(t, where + "outputs.") for t in _get(d, "outputs", list, where)),
-        external_data=tuple(d.get("external_data", ())),
-        verification=None
-        if ver is None
-        else Verification(**{**ver, "shapes": tuple(ver.get("shapes", ()))}),
-        quantization=d.get("quantization"),
-    )
+def _fix_for(path: str) -> str:
+    """What restores a bad field: the stage that wrote it."""
+    if path.startswith("engines"):
+        return "Rebuild the engines with `edgediff build BUNDLE --force`"
+    if path.startswith("calibration"):
+        return "Record it again with `edgediff calibrate BUNDLE --force`"
+    return _REEXPORT
 
 
-def _calibration(d: Any) -> Calibration | None:
-    if d is None:
-        return None
-    try:
-        return Calibration(**{**d, "timesteps": tuple(d["timesteps"])})
-    except (TypeError, KeyError) as e:
-        raise BundleError(
-            f"manifest.json: calibration record is malformed ({e})",
-            "Record it again with `edgediff calibrate BUNDLE --force`",
-        ) from None
+_NO_MODELS = Component(default="", models={})
 
 
-def _engine(d: Any) -> EngineEntry:
-    try:
-        if isinstance(d, dict) and "flavour" not in d:  # edgediff 0.1: classic TensorRT only
-            d = dict(d)
-            d["flavour"] = "tensorrt"
-            d["tensorrt_version"] = f"trt-{d.get('tensorrt_version')}"
-            d["targets"] = [d.pop("compute_capability", None)]
-        entry = EngineEntry(**d)
-        if not isinstance(entry.targets, list) or not all(
-            isinstance(t, str) for t in entry.targets
-        ):
-            raise TypeError("'targets' is not a list of compute capabilities")
-        return replace(entry, targets=tuple(entry.targets))
-    except TypeError as e:
-        raise BundleError(
-            f"manifest.json: an engine record is malformed ({e})",
-            "Rebuild the engines with `edgediff build BUNDLE --force`",
-        ) from None
+def _upgrade_engine(d: Any) -> Any:
+    """An engine record of edgediff 0.1 (classic TensorRT only) in today's fields."""
+    if not isinstance(d, dict) or "flavour" in d:
+        return d
+    d = dict(d)
+    d["flavour"] = "tensorrt"
+    d["tensorrt_version"] = f"trt-{d.get('tensorrt_version')}"
+    d["targets"] = [d.pop("compute_capability", None)]
+    return d
 
 
 def parse_manifest(data: Any) -> Manifest:
-    """Build a Manifest from decoded JSON, naming the first key that is missing or wrong."""
+    """Build a Manifest from decoded JSON; the first field of the wrong type or range raises a
+    BundleError naming its JSON path."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BundleError("manifest.json is not an edgediff bundle manifest", _REEXPORT)
-    version = _get(data, "format_version", int, "")
-    if version > FORMAT_VERSION:
-        raise BundleError(
-            f"manifest.json has format version {version}, newer than this edgediff reads "
-            f"({FORMAT_VERSION})",
-            "Upgrade edgediff (pip install -U edgediff)",
-        )
+    data = dict(data)
+    data.pop("format")
+    if isinstance(data.get("engines"), list):
+        data["engines"] = [_upgrade_engine(e) for e in data["engines"]]
     try:
-        model = ModelConfig(**_get(data, "model", dict, ""))
-        tok = _get(data, "tokenizer", dict, "")
-        tokenizer = TokenizerConfig(
-            file=_get(tok, "file", str, "tokenizer."),
-            max_length=_get(tok, "max_length", int, "tokenizer."),
-            pad_token_id=_get(tok, "pad_token_id", int, "tokenizer."),
-            original_files=tuple(tok.get("original_files", ())),
-        )
-    except TypeError as e:
-        raise BundleError(f"manifest.json: {e}", _REEXPORT) from None
-    components = {}
-    for name, comp in _get(data, "components", dict, "").items():
-        where = f"components.{name}."
-        models = {
-            prec: _model_entry(entry, f"{where}models.{prec}.")
-            for prec, entry in _get(comp, "models", dict, where).items()
-        }
-        default = _get(comp, "default", str, where)
-        if default not in models:
-            raise BundleError(f"manifest.json: {where}default names no model", _REEXPORT)
-        components[name] = Component(default=default, models=models)
-    files = {
-        path: FileRecord(
-            sha256=_get(rec, "sha256", str, f"files.{path}."),
-            bytes=_get(rec, "bytes", int, f"files.{path}."),
-        )
-        for path, rec in _get(data, "files", dict, "").items()
-    }
-    return Manifest(
-        model=model,
-        scheduler=_get(data, "scheduler", dict, ""),
-        tokenizer=tokenizer,
-        components=components,
-        files=files,
-        source=data.get("source", {}),
-        engines=tuple(_engine(e) for e in data.get("engines", ())),
-        calibration=_calibration(data.get("calibration")),
-        edgediff_version=data.get("edgediff_version", "unknown"),
-        format_version=version,
-    )
+        version = decode(int, data.get("format_version"), "format_version", _MINIMUMS)
+        if version > FORMAT_VERSION:
+            raise BundleError(
+                f"manifest.json has format version {version}, newer than this edgediff reads "
+                f"({FORMAT_VERSION})",
+                "Upgrade edgediff (pip install -U edgediff)",
+            )
+        manifest = decode(Manifest, data, "", _MINIMUMS)
+        scheduler = dict(manifest.scheduler)
+        for key, kind in _SCHEDULER.items():
+            if key in scheduler:
+                scheduler[key] = decode(kind, scheduler[key], f"scheduler.{key}", _MINIMUMS)
+    except FieldError as e:
+        raise BundleError(f"manifest.json: {e}", _fix_for(e.path)) from None
+    for name, component in manifest.components.items():
+        if component.default not in component.models:
+            raise BundleError(
+                f"manifest.json: 'components.{name}.default' names no model", _REEXPORT
+            )
+    tokens = manifest.tokenizer.max_length
+    for precision, model in manifest.components.get("text_encoder", _NO_MODELS).models.items():
+        for spec in model.inputs:
+            length = spec.shape[1] if len(spec.shape) == 2 else None
+            if spec.name == "input_ids" and isinstance(length, int) and length != tokens:
+                raise BundleError(
+                    f"manifest.json: 'tokenizer.max_length' is {tokens}, but the {precision} text "
+                    f"encoder takes {length} tokens",
+                    _REEXPORT,
+                )
+    return replace(manifest, scheduler=scheduler)
 
 
 def _check_inside(root: Path, rel: str) -> None:

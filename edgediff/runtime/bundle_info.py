@@ -39,10 +39,13 @@ def _check(entry: ModelEntry) -> str:
             f"rel {v.max_rel_error:.1e} (tol {v.rel_tolerance:.0e})"
         )
     if q is not None:
-        kept = len(q.get("kept_in_float", []))
+        # The quantisation record is free-form: show what of it reads as expected.
+        psnr, kept = q.get("psnr_db"), q.get("kept_in_float")
+        psnr_text = f"{psnr:.1f} dB" if isinstance(psnr, int | float) else "? dB"
+        n = len(kept) if isinstance(kept, list) else "?"
         return (
-            f"vs fp32: {q['psnr_db']:.1f} dB PSNR of {q.get('measured_on', 'outputs')}, "
-            f"{kept} layer{'s' * (kept != 1)} kept in float"
+            f"vs fp32: {psnr_text} PSNR of {q.get('measured_on', 'outputs')}, "
+            f"{n} layer{'s' * (n != 1)} kept in float"
         )
     return "not verified"
 

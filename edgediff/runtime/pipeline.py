@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgediff.errors import BundleError, InputError
+from edgediff.runtime import request_checks as checks
 from edgediff.runtime.backends import Backend, Session, get_backend
 from edgediff.runtime.bundle import Bundle, ModelEntry
 from edgediff.runtime.engine_compat import require_compatible
@@ -90,15 +91,6 @@ class Timings:
     def backend(self) -> float:
         """Seconds inside backend calls, all components together."""
         return sum(self.components.values())
-
-
-def _as_list(prompt: str | Sequence[str], name: str) -> list[str]:
-    if isinstance(prompt, str):
-        return [prompt]
-    items = list(prompt)
-    if not items or not all(isinstance(p, str) for p in items):
-        raise InputError(f"{name} must be a string or a non-empty list of strings")
-    return items
 
 
 class Pipeline:
@@ -250,14 +242,30 @@ class Pipeline:
 
         `callback(step, num_steps, latents)` runs after each denoising step.
         """
-        prompts = _as_list(prompt, "prompt")
-        n = num_images_per_prompt
-        height, width = self._check_request(
-            num_inference_steps, eta, n, output_type, latents, height, width
+        prompts = checks.prompts(prompt, "prompt")
+        n = checks.integer(num_images_per_prompt, "num_images_per_prompt", 1)
+        num_inference_steps = checks.integer(
+            num_inference_steps, "num_inference_steps", 1, self.scheduler.num_train_timesteps
+        )
+        guidance_scale = checks.real(guidance_scale, "guidance_scale", 0.0, checks.MAX_GUIDANCE)
+        eta = checks.real(eta, "eta", 0.0, 1.0)
+        seed = checks.seed(seed)
+        latents = checks.latents(latents, self.config.latent_channels)
+        if output_type not in OUTPUT_TYPES:
+            raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if callback is not None and not callable(callback):
+            raise InputError(f"callback must be callable or None, got {callback!r}")
+        height, width = self._check_size(latents, height, width)
+        checks.fits_in_memory(
+            len(prompts) * n,
+            height,
+            width,
+            self.config.latent_channels,
+            self.config.vae_scale_factor,
         )
         negatives = None
         if is_guided(guidance_scale):
-            negatives = _as_list(
+            negatives = checks.prompts(
                 "" if negative_prompt is None else negative_prompt, "negative_prompt"
             )
             if len(negatives) == 1:
@@ -280,7 +288,7 @@ class Pipeline:
         if latents is None:
             x = self.initial_latents(len(prompts) * n, height, width, rng)
         else:
-            x = np.asarray(latents, dtype=np.float32) * np.float32(self.scheduler.init_noise_sigma)
+            x = latents * np.float32(self.scheduler.init_noise_sigma)
         timesteps = self.scheduler.timesteps(num_inference_steps)
         for i, t in enumerate(_progress(timesteps, progress)):
             eps = self.unet(x, int(t), cond, guidance_scale)
@@ -292,33 +300,25 @@ class Pipeline:
         self.last_timings.total = time.perf_counter() - start
         return to_pil(result) if output_type == "pil" else result
 
-    def _check_request(self, steps, eta, per_prompt, output_type, latents, height, width):
-        """Validate a request; return (height, width) in pixels."""
-        if not isinstance(steps, int | np.integer) or steps < 1:
-            raise InputError(f"num_inference_steps must be an integer >= 1, got {steps!r}")
-        if not 0.0 <= eta <= 1.0:
-            raise InputError(f"eta must be in [0, 1], got {eta}")
-        if per_prompt < 1:
-            raise InputError(f"num_images_per_prompt must be >= 1, got {per_prompt}")
-        if output_type not in OUTPUT_TYPES:
-            raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    def _check_size(self, latents: np.ndarray | None, height: Any, width: Any) -> tuple[int, int]:
+        """(height, width) in pixels: given, from the latents, or the model's default."""
         f = self.config.vae_scale_factor
-        if latents is not None:
-            latents = np.asarray(latents)
-            if latents.ndim != 4 or latents.shape[1] != self.config.latent_channels:
-                raise InputError(
-                    f"latents must have shape (batch, {self.config.latent_channels}, h, w), "
-                    f"got {latents.shape}"
-                )
-            height = height or latents.shape[2] * f
-            width = width or latents.shape[3] * f
-            if (latents.shape[2] * f, latents.shape[3] * f) != (height, width):
-                raise InputError(f"latents of shape {latents.shape} do not fit {height}x{width}")
-        height = height or self.config.default_image_size
-        width = width or self.config.default_image_size
         m = self.config.size_multiple
+        given = {
+            name: None if value is None else checks.integer(value, name, 1)
+            for name, value in (("height", height), ("width", width))
+        }
+        if latents is not None:
+            from_latents = (latents.shape[2] * f, latents.shape[3] * f)
+            height = given["height"] or from_latents[0]
+            width = given["width"] or from_latents[1]
+            if from_latents != (height, width):
+                raise InputError(f"latents of shape {latents.shape} do not fit {height}x{width}")
+        else:
+            height = given["height"] or self.config.default_image_size
+            width = given["width"] or self.config.default_image_size
         for name, value in (("height", height), ("width", width)):
-            if value <= 0 or value % m:
+            if value % m:
                 lower = max(m, value - value % m)
                 raise InputError(
                     f"{name} {value} is not a positive multiple of {m} (VAE factor {f} × U-Net "

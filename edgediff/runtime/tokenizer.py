@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgediff.errors import BundleError
+
 logger = logging.getLogger("edgediff")
 
 
@@ -18,6 +20,13 @@ class PromptTokenizer:
 
         self.max_length = max_length
         self._tok = Tokenizer.from_file(str(tokenizer_file))
+        vocabulary = self._tok.get_vocab_size()
+        if not 0 <= pad_token_id < vocabulary:
+            raise BundleError(
+                f"the padding token id {pad_token_id} is not in the tokenizer's vocabulary "
+                f"(ids 0 to {vocabulary - 1})",
+                "Re-export the bundle with `edgediff export CHECKPOINT BUNDLE --force`",
+            )
         self._tok.enable_truncation(max_length)
         pad_token = self._tok.id_to_token(pad_token_id) or ""
         self._tok.enable_padding(length=max_length, pad_id=pad_token_id, pad_token=pad_token)

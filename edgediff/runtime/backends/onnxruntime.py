@@ -8,6 +8,8 @@ latents cross the bus: the numpy scheduler needs them on the host between steps.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,20 @@ def _import_onnxruntime():
     return onnxruntime
 
 
+@contextlib.contextmanager
+def _ort_errors() -> Iterator[None]:
+    """ONNX Runtime's own exceptions (bad shapes, out of memory) as one-line BackendErrors."""
+    try:
+        yield
+    except Exception as e:  # ORT's own exception types (InvalidArgument, Fail, ...) are bare
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BackendError(
+            f"ONNX Runtime could not run the model: {first}",
+            "If memory ran out, ask for fewer or smaller images; otherwise check the bundle "
+            "with `edgediff info` and re-export it if its manifest and models disagree",
+        ) from None
+
+
 class OrtSession:
     """An onnxruntime.InferenceSession that casts feeds to the dtypes the model declares."""
 
@@ -60,7 +76,9 @@ class OrtSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on host arrays; returns host arrays by output name."""
-        outputs = self._live().run(None, self._cast(feeds))
+        session = self._live()
+        with _ort_errors():
+            outputs = session.run(None, self._cast(feeds))
         return dict(zip(self.output_names, outputs, strict=True))
 
     def _live(self) -> Any:
@@ -104,7 +122,8 @@ class BoundOrtSession(OrtSession):
                 if not unchanged(feeds[name], self._held.get(name)):
                     self._inputs[name].update_inplace(feeds[name])
         self._held = feeds
-        self._live().run_with_iobinding(self._binding)
+        with _ort_errors():
+            self._live().run_with_iobinding(self._binding)
         if self._outputs is None:  # first call at these shapes: keep what ORT allocated
             self._outputs = self._binding.get_outputs()
             for name, value in zip(self.output_names, self._outputs, strict=True):

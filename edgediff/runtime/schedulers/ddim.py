@@ -212,6 +212,12 @@ class DDIMScheduler:
             betas = betas_for_schedule(
                 beta_schedule, self.num_train_timesteps, self.beta_start, self.beta_end
             )
+        if not (np.isfinite(betas).all() and (betas >= 0).all() and (betas <= 1).all()):
+            raise InputError(
+                "the scheduler's betas must lie in [0, 1] (beta_start "
+                f"{self.beta_start:g}, beta_end {self.beta_end:g}, schedule {beta_schedule})",
+                "use the values from the checkpoint's scheduler config (SD: 0.00085 .. 0.012)",
+            )
         if self.rescale_betas_zero_snr:
             betas = rescale_zero_terminal_snr(betas)
         self.betas: np.ndarray = betas.astype(np.float64)
@@ -230,12 +236,21 @@ class DDIMScheduler:
     def timesteps(self, num_inference_steps: int) -> np.ndarray:
         """The descending int64 timesteps of a num_inference_steps-step sampling run."""
         self._check_steps(num_inference_steps)
-        return spaced_timesteps(
+        timesteps = spaced_timesteps(
             self.timestep_spacing,
             self.num_train_timesteps,
             int(num_inference_steps),
             self.steps_offset,
         )
+        if self.prediction_type == "epsilon" and self.alphas_cumprod[timesteps[0]] == 0.0:
+            # x0 = (x - sqrt(1 - abar) eps) / sqrt(abar) has no value at abar = 0.
+            raise InputError(
+                f"an epsilon-predicting model cannot start at timestep {timesteps[0]}, where "
+                "this zero-terminal-SNR schedule leaves no signal (abar = 0)",
+                "Zero terminal SNR (rescale_betas_zero_snr) needs a v_prediction model, or "
+                "'leading' timestep spacing",
+            )
+        return timesteps
 
     def previous_timestep(self, timestep: int, num_inference_steps: int) -> int:
         """The timestep a step from `timestep` lands on; negative means "past the end"."""
