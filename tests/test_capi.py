@@ -68,7 +68,7 @@ def test_failures_return_their_status_and_a_readable_message(build, tmp_path):
     (corrupt / "unet/model.onnx").write_bytes(weights)
     result = _run(build, "errors", str(DEFAULT_BUNDLE), str(corrupt))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok ") == 10 and "FAIL" not in result.stdout
+    assert result.stdout.count("ok ") == 11 and "FAIL" not in result.stdout
 
 
 def test_threads_at_once_give_what_one_after_another_gives(build):

@@ -23,6 +23,26 @@ from edgediff.runtime.bundle_info import format_bundle
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE, Pipeline
 
 ORIGINAL = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())
+# An engine record too (engines are derived caches: its file need not exist to open the bundle).
+ORIGINAL["engines"] = [
+    {
+        "component": "unet",
+        "precision": "int8",
+        "file": "engines/rtx/unet.int8.plan",
+        "onnx": "unet/model.int8.onnx",
+        "onnx_sha256": "0" * 64,
+        "flavour": "rtx",
+        "tensorrt_version": "rtx-1.7.1.116",
+        "targets": ["8.6", "8.9"],
+        "gpu_name": None,
+        "profile": {
+            "sample": {"min": [1, 4, 16, 16], "opt": [2, 4, 16, 16], "max": [8, 4, 16, 16]}
+        },
+        "flags": {"strongly_typed": True},
+        "key": "0" * 64,
+        "build_seconds": 1.5,
+    }
+]
 
 
 def _paths(node, prefix=()) -> list[tuple]:

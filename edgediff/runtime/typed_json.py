@@ -33,7 +33,7 @@ def _kind(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_kind(a) for a in typing.get_args(tp))
-    if origin is tuple:
+    if origin in (tuple, list):
         return "a list"
     if origin is dict or dataclasses.is_dataclass(tp):
         return "an object"
@@ -63,11 +63,12 @@ def decode(tp: Any, value: Any, path: str, minimums: dict[str, float] | None = N
                 if e.path != path:  # the right kind, with a bad value inside: say that
                     raise
         raise FieldError(path, f"must be {_kind(tp)}, not {value!r:.60}")
-    if origin is tuple:
+    if origin in (tuple, list):
         if not isinstance(value, list | tuple):
             raise FieldError(path, f"must be a list, not {value!r:.60}")
         item = typing.get_args(tp)[0]
-        return tuple(decode(item, v, f"{path}[{i}]", minimums) for i, v in enumerate(value))
+        items = [decode(item, v, f"{path}[{i}]", minimums) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise FieldError(path, f"must be an object, not {value!r:.60}")

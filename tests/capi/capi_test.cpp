@@ -4,6 +4,7 @@
 //   capi_test threads BUNDLE                                   concurrent == sequential
 //   capi_test time BUNDLE RUNS                                 seconds per 8-step image
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -98,6 +99,12 @@ int errors(char **argv) {
     expect(status == EDGEDIFF_ERROR_INVALID_ARGUMENT && mentions(edgediff_last_error(pipe), "height 40"),
            std::string("invalid size: ") + edgediff_last_error(pipe));
     request.height = 0;
+    request.guidance = std::nanf("");
+    status = edgediff_generate(pipe, &request, &image);
+    expect(status == EDGEDIFF_ERROR_INVALID_ARGUMENT &&
+               mentions(edgediff_last_error(pipe), "guidance_scale must be a finite number"),
+           std::string("NaN guidance: ") + edgediff_last_error(pipe));
+    request.guidance = edgediff_request_defaults().guidance;
     request.prompt = nullptr;
     status = edgediff_generate(pipe, &request, &image);
     expect(status == EDGEDIFF_ERROR_INVALID_ARGUMENT && mentions(edgediff_last_error(pipe), "prompt"),
