@@ -133,6 +133,15 @@ class Pipeline:
         if not isinstance(bundle, Bundle):
             bundle = Bundle.open(default_bundle() if bundle is None else bundle)
         manifest = bundle.manifest
+        # Cheap checks of the bundle first, so a bad one fails before any model is loaded.
+        if verify:
+            bundle.verify([manifest.tokenizer.file])
+        tokenizer = PromptTokenizer(
+            bundle.path(manifest.tokenizer.file),
+            manifest.tokenizer.max_length,
+            manifest.tokenizer.pad_token_id,
+        )
+        scheduler = DDIMScheduler.from_config(manifest.scheduler)
         owns_backend = isinstance(backend, str)
         if isinstance(backend, str):
             backend = get_backend(backend, **_backend_options(backend, bundle))
@@ -140,8 +149,7 @@ class Pipeline:
         try:
             models = {n: _model(bundle, backend, n, precision) for n in PIPELINE_COMPONENTS}
             if verify:
-                files = [f for m in models.values() for f in m[2]]
-                bundle.verify([manifest.tokenizer.file, *files])
+                bundle.verify([f for m in models.values() for f in m[2]])
             for name, (file, model_precision, _) in models.items():
                 sessions[name] = backend.load(bundle.path(file), model_precision)
         except BaseException:
@@ -150,12 +158,6 @@ class Pipeline:
             if owns_backend:
                 backend.close()
             raise
-        tokenizer = PromptTokenizer(
-            bundle.path(manifest.tokenizer.file),
-            manifest.tokenizer.max_length,
-            manifest.tokenizer.pad_token_id,
-        )
-        scheduler = DDIMScheduler.from_config(manifest.scheduler)
         pipeline = cls(bundle, sessions, tokenizer, scheduler, backend, owns_backend)
         pipeline.model_files = {name: files for name, (_, _, files) in models.items()}
         return pipeline
