@@ -15,7 +15,6 @@ from pathlib import Path
 from edgediff.engines.fp16_models import make_fp16_models
 from edgediff.engines.plan import (
     ENGINES_DIR,
-    FLAVOUR_DIRS,
     BuildRequest,
     EnginePlan,
     missing_fp16_models,
@@ -46,7 +45,7 @@ def default_timing_cache(bundle_root: Path, platform: Platform) -> Path | None:
     if platform.toolkit.builds_ahead_of_time:
         return None
     name = f"timing-{platform.toolkit.qualified_version}-sm{platform.sm}.cache"
-    return bundle_root / ENGINES_DIR / FLAVOUR_DIRS[platform.toolkit.flavour] / name
+    return bundle_root / ENGINES_DIR / platform.toolkit.short / name
 
 
 def _is_current(bundle: Bundle, plan: EnginePlan) -> EngineEntry | None:

@@ -36,8 +36,6 @@ DEFAULT_BATCH = Span(1, 1, 4)
 # only on request, because it forces fp16 throughout. Always set explicitly, so the recorded
 # targets are exactly what the engine holds.
 RTX_DEFAULT_TARGETS = ("8.0", "8.6", "8.9", "12.0")
-# Where each flavour's engines and caches live inside ENGINES_DIR.
-FLAVOUR_DIRS = {"tensorrt": "trt", "rtx": "rtx"}
 
 
 @dataclass(frozen=True)
@@ -71,8 +69,7 @@ class EnginePlan:
     @property
     def file(self) -> str:
         """Where the engine lives in the bundle."""
-        folder = FLAVOUR_DIRS[self.toolkit.flavour]
-        return f"{ENGINES_DIR}/{folder}/{self.component}.{self.precision}.plan"
+        return f"{ENGINES_DIR}/{self.toolkit.short}/{self.component}.{self.precision}.plan"
 
     @property
     def key(self) -> str:

@@ -49,6 +49,11 @@ class Toolkit:
         return qualified_version(self.flavour, self.version)
 
     @property
+    def short(self) -> str:
+        """ "trt" or "rtx": the prefix of versions, and the folder of engines in a bundle."""
+        return _PREFIX[self.flavour]
+
+    @property
     def title(self) -> str:
         """ "TensorRT 10.3.0" or "TensorRT-RTX 1.7.1.116"."""
         return f"{_TITLE[self.flavour]} {self.version}"
