@@ -307,6 +307,15 @@ def parse_manifest(data: Any) -> Manifest:
             raise BundleError(
                 f"manifest.json: 'components.{name}.default' names no model", _REEXPORT
             )
+    for index, engine in enumerate(manifest.engines):
+        for name, shapes in engine.profile.items():
+            lengths = {len(shapes.get(k, ())) for k in ("min", "opt", "max")}
+            if set(shapes) != {"min", "opt", "max"} or len(lengths) != 1:
+                raise BundleError(
+                    f"manifest.json: 'engines[{index}].profile.{name}' must hold min, opt and "
+                    "max shapes of one rank",
+                    _fix_for("engines"),
+                )
     tokens = manifest.tokenizer.max_length
     for precision, model in manifest.components.get("text_encoder", _NO_MODELS).models.items():
         for spec in model.inputs:

@@ -21,6 +21,7 @@ scalars are float64 too, where diffusers keeps them in float32: the exact math o
 from __future__ import annotations
 
 import inspect
+import numbers
 from typing import Any
 
 import numpy as np
@@ -184,6 +185,12 @@ class DDIMScheduler:
                 f"dynamic_thresholding_ratio must be in (0, 1], got {dynamic_thresholding_ratio!r}",
                 "use a quantile such as 0.995",
             )
+        for name, beta in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if not (isinstance(beta, numbers.Real) and 0.0 <= beta <= 1.0):
+                raise InputError(
+                    f"{name} must be a number in [0, 1], got {beta!r}",
+                    "use the values from the checkpoint's scheduler config (SD: 0.00085 .. 0.012)",
+                )
         self.num_train_timesteps = int(num_train_timesteps)
         self.beta_start = float(beta_start)
         self.beta_end = float(beta_end)
