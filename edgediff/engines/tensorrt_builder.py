@@ -19,7 +19,7 @@ from typing import Any
 from edgediff.engines.plan import EnginePlan
 from edgediff.errors import BackendError, EngineError
 from edgediff.runtime.backends.tensorrt import platform_of
-from edgediff.runtime.cuda import Cuda
+from edgediff.runtime.cuda import Cuda, import_cudart
 from edgediff.runtime.engine_compat import Platform
 from edgediff.runtime.files import atomic_write_bytes
 from edgediff.runtime.tensorrt_flavours import import_tensorrt, rtx_targets, toolkit_of
@@ -34,6 +34,7 @@ def current_platform(flavour: str | None = None, device_id: int = 0) -> Platform
     toolkit = toolkit_of(trt)
     if toolkit.builds_ahead_of_time:
         return Platform(toolkit, known_targets=tuple(rtx_targets(trt)))
+    import_cudart()  # a missing cuda-python is its own error, with its own fix
     try:
         return platform_of(trt, Cuda(device_id))
     except BackendError as e:
