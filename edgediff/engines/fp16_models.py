@@ -96,8 +96,9 @@ def make_fp16_models(bundle_root: str | Path, components: list[str]) -> Bundle:
         )
         manifest = with_model(manifest, component, entry)
         written += [rel, *extra]
-    write_manifest(bundle.root, with_files(manifest, bundle.root, written))
-    return Bundle.open(bundle.root)
+    manifest = with_files(manifest, bundle.root, written)
+    write_manifest(bundle.root, manifest)
+    return Bundle(bundle.root, manifest)
 
 
 def _upcast_attention(bundle: Bundle) -> bool:
@@ -121,11 +122,21 @@ def check_inputs(bundle: Bundle, component: str) -> list[dict[str, np.ndarray]]:
         return [{n: np.ascontiguousarray(a[i]) for n, a in arrays.items()} for i in picks]
     rng = np.random.default_rng(CHECK_SEED)
     entry = bundle.model(component, "fp32")
-    return [_random_inputs(bundle, entry.inputs, prompt, rng) for prompt in _CHECK_PROMPTS]
+    tokenize = None
+    if any(spec.name == "input_ids" for spec in entry.inputs):
+        tok = bundle.manifest.tokenizer
+        tokenize = PromptTokenizer(bundle.path(tok.file), tok.max_length, tok.pad_token_id)
+    return [
+        _random_inputs(bundle, entry.inputs, None if tokenize is None else tokenize([prompt]), rng)
+        for prompt in _CHECK_PROMPTS
+    ]
 
 
 def _random_inputs(
-    bundle: Bundle, specs: tuple[TensorSpec, ...], prompt: str, rng: np.random.Generator
+    bundle: Bundle,
+    specs: tuple[TensorSpec, ...],
+    ids: np.ndarray | None,
+    rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     size = bundle.manifest.model.sample_size
     dims = {"batch": 1}
@@ -133,10 +144,8 @@ def _random_inputs(
     for spec in specs:
         shape = tuple(d if isinstance(d, int) else dims.get(d, size) for d in spec.shape)
         dtype = np.dtype(spec.dtype)
-        if spec.name == "input_ids":
-            tok = bundle.manifest.tokenizer
-            ids = PromptTokenizer(bundle.path(tok.file), tok.max_length, tok.pad_token_id)
-            feeds[spec.name] = ids([prompt]).astype(dtype)
+        if spec.name == "input_ids" and ids is not None:
+            feeds[spec.name] = ids.astype(dtype)
         elif spec.name == "timestep":
             train_steps = int(bundle.manifest.scheduler.get("num_train_timesteps", 1000))
             feeds[spec.name] = rng.integers(0, train_steps, shape).astype(dtype)

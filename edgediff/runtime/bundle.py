@@ -20,6 +20,7 @@ from typing import Any
 from edgediff import __version__
 from edgediff.errors import BundleError
 from edgediff.runtime.files import atomic_write_text, sha256_file
+from edgediff.runtime.tensorrt_flavours import title_of
 from edgediff.runtime.typed_json import FieldError, decode
 
 MANIFEST = "manifest.json"
@@ -461,7 +462,7 @@ class Bundle:
         if found:
             return found[0]
         options = ("--flavour", flavour) if flavour else ()
-        what = {"tensorrt": "TensorRT", "rtx": "TensorRT-RTX"}.get(flavour or "", "TensorRT")
+        what = title_of(flavour or "tensorrt")
         raise BundleError(
             f"the bundle has no {precision} {what} engine for {component}"
             + (f" (it has engines at: {', '.join(built)})" if built else ""),

@@ -56,7 +56,7 @@ class Toolkit:
     @property
     def title(self) -> str:
         """ "TensorRT 10.3.0" or "TensorRT-RTX 1.7.1.116"."""
-        return f"{_TITLE[self.flavour]} {self.version}"
+        return f"{title_of(self.flavour)} {self.version}"
 
     @property
     def major(self) -> int:
@@ -72,6 +72,11 @@ class Toolkit:
     def builds_ahead_of_time(self) -> bool:
         """Whether engines are built for listed targets, with no GPU needed (TensorRT-RTX)."""
         return self.flavour == "rtx"
+
+
+def title_of(flavour: str) -> str:
+    """ "TensorRT" for "tensorrt", "TensorRT-RTX" for "rtx" (an unknown name as it is)."""
+    return _TITLE.get(flavour, flavour)
 
 
 def qualified_version(flavour: str, version: str) -> str:

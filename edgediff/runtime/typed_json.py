@@ -9,6 +9,7 @@ first bad value raises a FieldError carrying its JSON path ("components.unet.mod
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -79,10 +80,16 @@ def decode(tp: Any, value: Any, path: str, minimums: dict[str, float] | None = N
     return _scalar(tp, value, path, minimums.get(path.rsplit(".", 1)[-1]))
 
 
+@functools.cache
+def _hints(tp: Any) -> dict[str, Any]:
+    """A dataclass's resolved annotations (resolving them is the slow part; once per class)."""
+    return typing.get_type_hints(tp)
+
+
 def _record(tp: Any, value: Any, path: str, minimums: dict[str, float]) -> Any:
     if not isinstance(value, dict):
         raise FieldError(path, f"must be an object, not {value!r:.60}")
-    hints = typing.get_type_hints(tp)
+    hints = _hints(tp)
     fields = {}
     for f in dataclasses.fields(tp):
         where = _join(path, f.name)
