@@ -259,9 +259,9 @@ def quantize(model: Model, outs: dict[str, Path]) -> dict[str, float]:
 
 def prepare_shapes(work: Path) -> Model:
     """Copy of the shipped bundle, calibrated with the shipped prompts at U-Net batch 2."""
+    from edgediff.bundle.reader import Bundle
     from edgediff.calibration.capture import calibrate, calibration_record
     from edgediff.calibration.prompts import read_prompts
-    from edgediff.runtime.bundle import Bundle
     from edgediff.runtime.pipeline import default_bundle
 
     copy = work / "shapes"
@@ -306,7 +306,7 @@ def record_sd15(bundle: Path, out: Path, threads: int) -> None:
 def prepare_sd15(work: Path, sd15_work: Path, threads: int) -> Model:
     """Random SD 1.5 bundle (edgediff.bench.sd15) and recorded 32x32-latent U-Net feeds."""
     from edgediff.bench.sd15 import prepare_sd15 as build_sd15
-    from edgediff.runtime.bundle import Bundle
+    from edgediff.bundle.reader import Bundle
 
     _, bundle, _ = build_sd15(sd15_work)
     calib = work / "sd15-calib"

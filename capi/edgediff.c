@@ -20,6 +20,12 @@
 #ifndef EDGEDIFF_VERSION
 #define EDGEDIFF_VERSION "unknown"
 #endif
+/* edgediff.runtime.request owns the generation defaults; CMakeLists.txt reads them from the
+ * configured Python, so that a copy written here cannot drift from the CLI's and Python's. */
+#if !defined(EDGEDIFF_DEFAULT_STEPS) || !defined(EDGEDIFF_DEFAULT_GUIDANCE) || \
+    !defined(EDGEDIFF_DEFAULT_COUNT) || !defined(EDGEDIFF_DEFAULT_SEED)
+#error "EDGEDIFF_DEFAULT_STEPS/GUIDANCE/COUNT/SEED are undefined: build with CMakeLists.txt, which reads them from edgediff.runtime.request"
+#endif
 
 struct edgediff_pipeline {
     pthread_mutex_t lock;
@@ -117,9 +123,10 @@ int edgediff_abi_version(void) { return EDGEDIFF_ABI_VERSION; }
 edgediff_request edgediff_request_defaults(void) {
     edgediff_request request;
     memset(&request, 0, sizeof request);
-    request.steps = 8;
-    request.guidance = 3.0f;
-    request.count = 1;
+    request.steps = EDGEDIFF_DEFAULT_STEPS;
+    request.guidance = (float)EDGEDIFF_DEFAULT_GUIDANCE;
+    request.seed = EDGEDIFF_DEFAULT_SEED;
+    request.count = EDGEDIFF_DEFAULT_COUNT;
     return request;
 }
 
@@ -195,11 +202,12 @@ edgediff_status edgediff_generate(edgediff_pipeline *pipe, const edgediff_reques
         return status;
     }
     PyGILState_STATE gil = PyGILState_Ensure();
+    /* steps or count 0 go through as 0: edgediff.capi applies the runtime's default, so the
+     * installed Python package, not this build, decides what "default" means. */
     PyObject *result = PyObject_CallMethod(
         pipe->py, "generate", "szidKiiiKK", request->prompt, request->negative_prompt,
-        request->steps > 0 ? request->steps : 8, (double)request->guidance,
-        (unsigned long long)request->seed, request->height, request->width,
-        request->count > 0 ? request->count : 1,
+        request->steps, (double)request->guidance, (unsigned long long)request->seed,
+        request->height, request->width, request->count,
         (unsigned long long)(uintptr_t)request->progress,
         (unsigned long long)(uintptr_t)request->progress_user);
     const char *bytes = NULL;

@@ -10,8 +10,8 @@ import argparse
 from PIL import Image, ImageDraw, ImageFont
 
 from edgediff.runtime import Pipeline
-from edgediff.runtime.guidance import DEFAULT_GUIDANCE
 from edgediff.runtime.images import to_uint8
+from edgediff.runtime.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 PROMPTS = [
     "a big red circle on the left",
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=2)
     args = parser.parse_args()
     grid(args.bundle, args.seeds, args.scale).save(args.out)
-    print(f"wrote {args.out} (guidance {DEFAULT_GUIDANCE}, 8 steps)")
+    print(f"wrote {args.out} (guidance {DEFAULT_GUIDANCE}, {DEFAULT_STEPS} steps)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 The C library holds one `CPipeline` per `edgediff_pipeline` handle and calls `generate` with
 plain values; images come back as one bytes object of RGB8 pixels. A user's progress callback
 arrives as a C function address and is called through ctypes, so the C side needs no Python
-callable of its own. Exceptions become status codes by `status_of`.
+callable of its own. Exceptions become status codes by `status_of`. A steps or count of 0
+means edgediff.runtime.request's default, applied here at run time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from edgediff.errors import BackendError, BundleError, EdgediffError, InputError
 from edgediff.runtime.images import to_uint8
 from edgediff.runtime.pipeline import Pipeline
+from edgediff.runtime.request import DEFAULT_COUNT, DEFAULT_STEPS, GenerationRequest
 
 # Status codes, as include/edgediff.h numbers them.
 OK, INVALID_ARGUMENT, BUNDLE, BACKEND, CANCELLED, INTERNAL = 0, 1, 2, 3, 4, 5
@@ -74,17 +76,17 @@ class CPipeline:
                 if function(user or None, step + 1, steps_total):
                     raise CancelledError(f"cancelled by the progress callback at step {step + 1}")
 
-        images = self.pipeline(
+        # C has no None: 0 stands for "the default" (the C side has refused negatives).
+        request = GenerationRequest(
             prompt,
             negative_prompt=negative_prompt,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
+            steps=steps or DEFAULT_STEPS,
+            guidance=guidance,
+            seed=seed,
             height=height or None,
             width=width or None,
-            num_images_per_prompt=count,
-            seed=seed,
-            output_type="np",
-            callback=callback,
+            count=count or DEFAULT_COUNT,
         )
+        images = self.pipeline(**request.pipeline_arguments(), output_type="np", callback=callback)
         pixels = np.ascontiguousarray(to_uint8(images))
         return pixels.tobytes(), pixels.shape[0], pixels.shape[1], pixels.shape[2]

@@ -4,16 +4,117 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from edgediff import __version__
+from edgediff.bundle.schema import PRECISIONS
 from edgediff.errors import EdgediffError, InputError
-from edgediff.runtime.guidance import DEFAULT_GUIDANCE
+from edgediff.runtime.request import (
+    DEFAULT_COUNT,
+    DEFAULT_ETA,
+    DEFAULT_GUIDANCE,
+    DEFAULT_OUTPUT,
+    DEFAULT_STEPS,
+)
 from edgediff.tolerances import QUANT_TARGET_PSNR_DB
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+# Options several commands share, written once so that a flag means the same thing and reads
+# the same help in every command; the generation defaults come from edgediff.runtime.request.
+
+
+def _options(*decorators: Callable[[_F], _F]) -> Callable[[_F], _F]:
+    # click lists options in decorator order, top first: apply them bottom-up, as stacked.
+    def apply(function: _F) -> _F:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+def backend_option(function: _F) -> _F:
+    """--backend: what runs the models."""
+    return click.option(
+        "--backend",
+        default="ort-cpu",
+        show_default=True,
+        help="ort-cpu, ort-cuda, ort-trt (TensorRT through ONNX Runtime, engines cached in the "
+        "bundle) or trt (engines from `edgediff build`).",
+    )(function)
+
+
+def precision_option(function: _F) -> _F:
+    """--precision: which of the bundle's models (or engines) to run."""
+    return click.option(
+        "--precision",
+        default=None,
+        help="fp32, fp16, int8 or fp8: the U-Net's model (and others' where the bundle has one). "
+        "Default: each component's default. With --backend trt: the engines `edgediff build` made "
+        "at that precision (default: the only set built).",
+    )(function)
+
+
+def steps_option(function: _F) -> _F:
+    """--steps: DDIM steps of one generation."""
+    return click.option("--steps", default=DEFAULT_STEPS, show_default=True, help="DDIM steps.")(
+        function
+    )
+
+
+def guidance_option(function: _F) -> _F:
+    """--guidance: the classifier-free guidance scale."""
+    return click.option(
+        "--guidance",
+        default=DEFAULT_GUIDANCE,
+        show_default=True,
+        help="Classifier-free guidance scale; <= 1 turns guidance off.",
+    )(function)
+
+
+_NOISE_SEED_HELP = "Noise seed: the same seed gives the same images."
+
+
+def seed_option(default: int | None = 0, help: str = _NOISE_SEED_HELP) -> Callable[[_F], _F]:
+    """--seed, an integer; `help` for commands where it seeds something else than noise."""
+    return click.option(
+        "--seed", type=int, default=default, show_default=default is not None, help=help
+    )
+
+
+def sampling_options(seed: int | None = 0, seed_note: str = "") -> Callable[[_F], _F]:
+    """--steps, --guidance and --seed (noise; `seed_note` adds what else it does here)."""
+    seed_help = " ".join(filter(None, (_NOISE_SEED_HELP, seed_note)))
+    return _options(steps_option, guidance_option, seed_option(seed, seed_help))
+
+
+def size_options(function: _F) -> _F:
+    """--height and --width of the generated images."""
+    return _options(
+        click.option(
+            "--height",
+            type=int,
+            default=None,
+            help="Image height in pixels, a multiple of the VAE factor (default: the model's).",
+        ),
+        click.option(
+            "--width",
+            type=int,
+            default=None,
+            help="Image width in pixels, a multiple of the VAE factor (default: the model's).",
+        ),
+    )(function)
+
+
+def force_option(help: str) -> Callable[[_F], _F]:
+    """--force, a flag; `help` says what it replaces in this command."""
+    return click.option("--force", is_flag=True, help=help)
 
 
 class _Group(click.Group):
@@ -70,7 +171,7 @@ def cli() -> None:
 @click.option("--fp16", is_flag=True, help="Store U-Net and text encoder weights in fp16.")
 @click.option("--fp16-vae", is_flag=True, help="With --fp16, store the VAE in fp16 too.")
 @click.option("--opset", default=18, show_default=True, help="ONNX opset version.")
-@click.option("--force", is_flag=True, help="Replace BUNDLE_DIR if it exists (after success).")
+@force_option("Replace BUNDLE_DIR if it exists (after success).")
 @click.option("--no-verify", is_flag=True, help="Skip the comparison against PyTorch.")
 def export(checkpoint_dir, bundle_dir, fp16, fp16_vae, opset, force, no_verify) -> None:
     """Export a diffusers Stable Diffusion checkpoint folder to an ONNX bundle.
@@ -100,12 +201,6 @@ def export(checkpoint_dir, bundle_dir, fp16, fp16_vae, opset, force, no_verify) 
 MAX_COUNT = 4096
 
 
-def _output_paths(out: Path, count: int) -> list[Path]:
-    if count == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
-
-
 @cli.command()
 @click.argument("prompt")
 @click.option(
@@ -114,57 +209,37 @@ def _output_paths(out: Path, count: int) -> list[Path]:
     default=None,
     help="Bundle folder (default: the model shipped with edgediff).",
 )
-@click.option("--steps", default=8, show_default=True, help="DDIM steps.")
-@click.option(
-    "--guidance",
-    default=DEFAULT_GUIDANCE,
-    show_default=True,
-    help="Classifier-free guidance scale; <= 1 turns guidance off.",
-)
+@sampling_options(seed=None, seed_note="Default: a new one, printed and stored in the PNG.")
 @click.option("--negative", default=None, help="Negative prompt.")
-@click.option("--seed", type=int, default=None, help="Random seed (default: a new one, printed).")
-@click.option("--height", type=int, default=None, help="Image height (multiple of the VAE factor).")
-@click.option("--width", type=int, default=None, help="Image width (multiple of the VAE factor).")
+@size_options
 @click.option(
     "-n",
     "--count",
     type=click.IntRange(1, MAX_COUNT),
-    default=1,
+    default=DEFAULT_COUNT,
     show_default=True,
     help=f"Images to generate (at most {MAX_COUNT} per command).",
 )
 @click.option(
-    "--eta", default=0.0, show_default=True, help="DDIM eta: 0 deterministic, 1 DDPM-like."
+    "--eta", default=DEFAULT_ETA, show_default=True, help="DDIM eta: 0 deterministic, 1 DDPM-like."
 )
-@click.option(
-    "--backend",
-    default="ort-cpu",
-    show_default=True,
-    help="ort-cpu, ort-cuda, ort-trt (TensorRT through ONNX Runtime, engines cached in the "
-    "bundle) or trt (engines from `edgediff build`).",
-)
-@click.option(
-    "--precision",
-    default=None,
-    help="fp32, fp16, int8 or fp8: the U-Net's model (and others' where the bundle has one). "
-    "Default: each component's default. With --backend trt: the engines `edgediff build` made "
-    "at that precision (default: the only set built).",
-)
+@backend_option
+@precision_option
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
-    default=Path("image.png"),
+    default=DEFAULT_OUTPUT,
     show_default=True,
     help="PNG to write; with -n N, NAME-0.png ... NAME-{N-1}.png.",
 )
-@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@force_option("Overwrite existing output files.")
 def generate(
     prompt,
     bundle,
     steps,
     guidance,
-    negative,
     seed,
+    negative,
     height,
     width,
     count,
@@ -177,45 +252,38 @@ def generate(
     """Generate images for PROMPT and write them as PNG (parameters in a PNG text chunk)."""
     from edgediff.runtime import Pipeline
     from edgediff.runtime.images import save_png
+    from edgediff.runtime.request import GenerationRequest, output_paths
 
     if out.suffix.lower() != ".png":
         raise EdgediffError(f"--out '{out}' is not a .png file", "Name the output NAME.png")
-    paths = _output_paths(out, count)
+    paths = output_paths(out, count)
     existing = [p for p in paths if p.exists()]
     if existing and not force:
         raise EdgediffError(f"'{existing[0]}' already exists", "Pass --force or choose --out")
-    seed = secrets.randbelow(2**31) if seed is None else seed
-    pipe = Pipeline.load(bundle, backend=backend, precision=precision)
-    images = pipe(
+    request = GenerationRequest(
         prompt,
         negative_prompt=negative,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
+        steps=steps,
+        guidance=guidance,
         eta=eta,
+        seed=seed,
         height=height,
         width=width,
-        num_images_per_prompt=count,
-        seed=seed,
-        progress=True,
+        count=count,
+    ).with_seed()
+    pipe = Pipeline.load(bundle, backend=backend, precision=precision)
+    images = pipe(**request.pipeline_arguments(), progress=True)
+    record = request.provenance(
+        height=images[0].height,
+        width=images[0].width,
+        bundle=str(pipe.bundle.root),
+        backend=backend,
+        precision=precision,
     )
-    params = {
-        "prompt": prompt,
-        "negative_prompt": negative,
-        "steps": steps,
-        "guidance": guidance,
-        "eta": eta,
-        "seed": seed,
-        "height": images[0].height,
-        "width": images[0].width,
-        "bundle": str(pipe.bundle.root),
-        "backend": backend,
-        "precision": precision or "default",
-        "edgediff": __version__,
-    }
     for i, (image, path) in enumerate(zip(images, paths, strict=True)):
-        save_png(image, path, {**params, "index": i})
+        save_png(image, path, {**record, "index": i})
         click.echo(str(path))
-    click.echo(f"seed {seed}, {pipe.last_timings.total:.2f} s", err=True)
+    click.echo(f"seed {request.seed}, {pipe.last_timings.total:.2f} s", err=True)
 
 
 @cli.command()
@@ -226,7 +294,7 @@ def info(bundle_dir, no_verify) -> None:
 
     BUNDLE_DIR defaults to the model shipped with edgediff.
     """
-    from edgediff.runtime.bundle import Bundle
+    from edgediff.bundle.reader import Bundle
     from edgediff.runtime.bundle_info import format_bundle
     from edgediff.runtime.pipeline import default_bundle
 
@@ -246,8 +314,8 @@ def info(bundle_dir, no_verify) -> None:
     show_default=True,
     help="tiny, tiny-v (v-prediction) or sd15 (Stable Diffusion 1.5 sizes).",
 )
-@click.option("--seed", default=0, show_default=True, help="Weight initialisation seed.")
-@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+@seed_option(help="Weight initialisation seed.")
+@force_option("Replace OUT_DIR if it exists.")
 def random_checkpoint(out_dir, preset, seed, force) -> None:
     """Write a random-weight Stable Diffusion checkpoint (diffusers layout) for trying the flow.
 
@@ -266,18 +334,11 @@ def random_checkpoint(out_dir, preset, seed, force) -> None:
 @click.option(
     "--held-out", default=64, show_default=True, help="Captions of held-out colour+shape pairs."
 )
-@click.option("--steps", default=8, show_default=True, help="DDIM steps.")
-@click.option("--guidance", default=DEFAULT_GUIDANCE, show_default=True, help="CFG scale.")
-@click.option(
-    "--seed",
-    default=0,
-    show_default=True,
-    help="Prompt and noise seed (settings were picked on seed 1, so 0 is unseen).",
+@sampling_options(
+    seed_note="It picks the prompts too (settings were picked on seed 1, so 0 is unseen)."
 )
-@click.option(
-    "--backend", default="ort-cpu", show_default=True, help="ort-cpu, ort-cuda, ort-trt or trt."
-)
-@click.option("--precision", default=None, help="fp32, int8, ... (as for generate).")
+@backend_option
+@precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate(
     bundle_dir, prompts, held_out, steps, guidance, seed, backend, precision, as_json
@@ -294,7 +355,7 @@ def evaluate(
 
     from edgediff.bench.caption_eval import evaluate as run
     from edgediff.bench.caption_eval import format_scores, scores_as_dict
-    from edgediff.bench.evaluator import Evaluator
+    from edgediff.metrics.evaluator import Evaluator
     from edgediff.runtime.pipeline import Pipeline
 
     if prompts < 1 or held_out < 0:
@@ -322,18 +383,13 @@ def evaluate(
     help="Text file, one prompt per line (default: 64 shapes captions shipped with edgediff, "
     "none of them an `edgediff eval` prompt). Use prompts from your model's domain.",
 )
-@click.option("--steps", default=8, show_default=True, help="DDIM steps, as you will generate.")
-@click.option(
-    "--guidance", default=DEFAULT_GUIDANCE, show_default=True, help="CFG scale, as you will use."
-)
+@sampling_options()
 @click.option("--samples", default=32, show_default=True, help="Prompts sampled (cycled).")
 @click.option("--batch-size", default=4, show_default=True, help="Prompts per pipeline call.")
-@click.option("--seed", default=0, show_default=True, help="Noise seed: same seed, same data.")
-@click.option("--height", type=int, default=None, help="Image height (default: the model's).")
-@click.option("--width", type=int, default=None, help="Image width (default: the model's).")
-@click.option("--force", is_flag=True, help="Record again over existing calibration data.")
+@size_options
+@force_option("Record again over existing calibration data.")
 def calibrate(
-    bundle_dir, prompts_file, steps, guidance, samples, batch_size, seed, height, width, force
+    bundle_dir, prompts_file, steps, guidance, seed, samples, batch_size, height, width, force
 ) -> None:
     """Record real component inputs for quantisation into BUNDLE_DIR.
 
@@ -409,7 +465,7 @@ def calibrate(
     "activations, ONNX Runtime's fast x86 kernels (1.56x vs 1.21x on an SD 1.5 U-Net), "
     "refused by TensorRT.",
 )
-@click.option("--force", is_flag=True, help="Replace a quantised model the bundle already has.")
+@force_option("Replace a quantised model the bundle already has.")
 def quantize(
     bundle_dir, precision, components, keep, target_psnr, probe_prompts, target, force
 ) -> None:
@@ -508,7 +564,7 @@ def quantize(
     help="Classic TensorRT: timing cache file (default: "
     "BUNDLE/engines/trt/timing-trt-VERSION-smNN.cache).",
 )
-@click.option("--force", is_flag=True, help="Rebuild even engines whose key is unchanged.")
+@force_option("Rebuild even engines whose key is unchanged.")
 def build(
     bundle_dir,
     precision,
@@ -547,11 +603,11 @@ def build(
       edgediff build BUNDLE --precision int8 --static --workspace 1024 --tactic-memory 1024
                                               (Jetson Orin: shared CPU/GPU memory)
     """
+    from edgediff.bundle.reader import Bundle
     from edgediff.engines.build import build_engines, format_results
     from edgediff.engines.plan import BuildRequest, parse_targets
     from edgediff.engines.profiles import parse_size, parse_span
     from edgediff.engines.tensorrt_builder import build_engine, current_platform
-    from edgediff.runtime.bundle import Bundle
 
     Bundle.open(bundle_dir)  # a bad path fails before TensorRT is looked for
     request = BuildRequest(
@@ -586,8 +642,8 @@ def build(
 )
 @click.option("--runs", default=10, show_default=True, help="Timed runs after the warm-up.")
 @click.option("--warmup", default=2, show_default=True, help="Untimed runs first.")
-@click.option("--guidance", default=DEFAULT_GUIDANCE, show_default=True, help="Guidance scale.")
-@click.option("--seed", default=0, show_default=True, help="Seed of every generation.")
+@guidance_option
+@seed_option()
 @click.option(
     "--architecture",
     type=click.Choice(["shapes", "sd15"]),
@@ -612,7 +668,7 @@ def build(
     help="sd15: the diffusers checkpoint of BUNDLE_DIR, for the PyTorch reference row "
     "(default: the one built into OUT/sd15).",
 )
-@click.option("--force", is_flag=True, help="Replace a report of other settings in --out.")
+@force_option("Replace a report of other settings in --out.")
 def bench(
     bundle_dir, backends, precisions, steps, prompts, runs, warmup, guidance, seed,
     architecture, size, out, checkpoint, force,
@@ -629,7 +685,7 @@ def bench(
     """
     from edgediff.bench.configs import expand, parse_list, parse_steps
     from edgediff.bench.run import BenchSettings, run_bench
-    from edgediff.runtime.bundle import Bundle
+    from edgediff.bundle.reader import Bundle
     from edgediff.runtime.pipeline import default_bundle
 
     if bundle_dir is None:
@@ -661,8 +717,7 @@ def bench(
 
 
 def _precision_order(precision: str) -> int:
-    order = ["fp32", "fp16", "int8", "fp8"]
-    return order.index(precision) if precision in order else len(order)
+    return PRECISIONS.index(precision) if precision in PRECISIONS else len(PRECISIONS)
 
 
 @cli.command()
@@ -681,7 +736,7 @@ def _precision_order(precision: str) -> int:
     show_default=True,
     help="shapes-64 (the shipped model, ~2 h on 2 cores) or shapes-quick (minutes, smoke test).",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed for weights, data and noise.")
+@seed_option(help="Seed for weights, data and noise.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: all cores).")
 def train(stage, out_dir, preset, seed, threads) -> None:
     """Train the tiny shapes model: VAE, then CLIP text encoder, then U-Net.

@@ -45,14 +45,23 @@ class Image {
     std::vector<std::uint8_t> pixels_;
 };
 
+namespace detail {
+// The C API's defaults, read once: edgediff.runtime.request owns them, so this header writes none.
+inline const edgediff_request &request_defaults() {
+    static const edgediff_request defaults = edgediff_request_defaults();
+    return defaults;
+}
+}  // namespace detail
+
 struct Request {
     std::string prompt;
     std::optional<std::string> negative_prompt;
-    int steps = 8;
-    float guidance = 3.0f;
-    std::uint64_t seed = 0;
-    int height = 0, width = 0;  // 0: the model's default size
-    int count = 1;
+    int steps = detail::request_defaults().steps;
+    float guidance = detail::request_defaults().guidance;
+    std::uint64_t seed = detail::request_defaults().seed;
+    int height = detail::request_defaults().height;  // 0: the model's default size
+    int width = detail::request_defaults().width;
+    int count = detail::request_defaults().count;
     // Called after each step with (step, steps); return false to cancel (throws Error).
     std::function<bool(int, int)> progress;
 };

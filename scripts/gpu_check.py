@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from edgediff.bench.metrics import psnr
+from edgediff.bundle.engine_compat import sm_of
 from edgediff.engines.plan import FP8_MIN_SM
 from edgediff.errors import EdgediffError
-from edgediff.runtime.engine_compat import sm_of
+from edgediff.metrics.quality import psnr
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE, Pipeline
 from edgediff.tolerances import GPU_IMAGE_MIN_PSNR_DB
 

@@ -55,10 +55,10 @@ def quantized(tmp_path_factory):
     """A copy of the shipped bundle, calibrated (8 prompts, 8 steps), INT8 and FP8 U-Nets
     (read-only: copy it before changing a byte)."""
     pytest.importorskip("onnx", reason="quantising needs the [quant] extra")
+    from edgediff.bundle.reader import Bundle
     from edgediff.calibration.capture import calibrate
     from edgediff.calibration.prompts import read_prompts
     from edgediff.calibration.quantize_bundle import quantize_bundle
-    from edgediff.runtime.bundle import Bundle
     from edgediff.runtime.pipeline import DEFAULT_BUNDLE
 
     root = tmp_path_factory.mktemp("quantized") / "bundle"

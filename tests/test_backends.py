@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgediff.bench.metrics import psnr
 from edgediff.cli import cli
 from edgediff.errors import BackendError
+from edgediff.metrics.quality import psnr
 from edgediff.runtime.backends import get_backend
 from edgediff.runtime.backends.onnxruntime import OrtBackend, provider_options
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE, Pipeline

@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from edgediff.bench.configs import Config, expand, parse_steps
-from edgediff.bench.metrics import psnr, ssim
 from edgediff.bench.pareto import pareto_front
 from edgediff.bench.run import BenchSettings, run_bench
-from edgediff.bench.timing import measure_latency
 from edgediff.errors import InputError
+from edgediff.metrics.quality import psnr, ssim
+from edgediff.metrics.timing import measure_latency
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE
 
 SETTINGS = BenchSettings(prompts=8, runs=2, warmup=1)

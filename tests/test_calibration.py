@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from edgediff.bench.caption_eval import EVAL_SEED, eval_prompts
+from edgediff.bundle.reader import Bundle
 from edgediff.calibration.capture import (
     batch_seed,
     calibrate,
@@ -15,9 +15,9 @@ from edgediff.calibration.capture import (
     calibration_record,
 )
 from edgediff.calibration.prompts import DEFAULT_PROMPTS, make_default_prompts, read_prompts
+from edgediff.data import shapes
+from edgediff.data.shapes import EVAL_SEED, eval_prompts
 from edgediff.errors import BundleError, InputError
-from edgediff.models import shapes
-from edgediff.runtime.bundle import Bundle
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE, Pipeline
 
 STEPS, SAMPLES, BATCH, GUIDANCE = 4, 4, 2, 3.0

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgediff.runtime import request as defaults
 from edgediff.runtime.images import to_uint8
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE, Pipeline
 
@@ -58,6 +59,27 @@ def test_c_pixels_equal_the_python_apis(build, tmp_path):
         output_type="np",
     )  # fmt: skip
     np.testing.assert_array_equal(pixels, to_uint8(expected))
+
+
+def test_c_and_cpp_defaults_are_the_runtimes(build):
+    result = _run(build, "defaults", str(DEFAULT_BUNDLE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()}
+    expected = {
+        "steps": defaults.DEFAULT_STEPS,
+        "guidance": np.float32(defaults.DEFAULT_GUIDANCE),  # a C float
+        "seed": 0,
+        "count": defaults.DEFAULT_COUNT,
+        "height": 0,  # the model's size
+        "width": 0,
+    }
+    for source in ("c", "cpp"):
+        fields = dict(zip(lines[source][::2], lines[source][1::2], strict=True))
+        got = {k: np.float32(v) if k == "guidance" else int(v) for k, v in fields.items()}
+        assert got == expected, f"{source}: {result.stdout}"
+    # steps 0 and count 0 take the runtime's defaults.
+    zero = f"steps {defaults.DEFAULT_STEPS} count {defaults.DEFAULT_COUNT}"
+    assert lines["zero"] == zero.split()
 
 
 def test_failures_return_their_status_and_a_readable_message(build, tmp_path):

@@ -10,13 +10,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edgediff.bench.caption_eval import eval_prompts, generate_for
-from edgediff.bench.evaluator import Evaluator
-from edgediff.bench.metrics import attribute_accuracy
+from edgediff.bench.caption_eval import generate_for
 from edgediff.cli import cli
+from edgediff.data.shapes import eval_prompts
+from edgediff.metrics.evaluator import Evaluator
+from edgediff.metrics.quality import attribute_accuracy
 from edgediff.runtime import Bundle, Pipeline
-from edgediff.runtime.guidance import DEFAULT_GUIDANCE
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE
+from edgediff.runtime.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from edgediff.tolerances import QUANT_TARGET_PSNR_DB
 
 MAX_BYTES = 25 * 2**20
@@ -35,7 +36,7 @@ def test_shipped_bundle_passes_its_hashes_and_is_small():
 def test_pipeline_load_without_arguments_draws_what_prompts_say(precision):
     pipe = Pipeline.load(precision=precision)
     attrs = eval_prompts(24, seed=123)
-    images = generate_for(pipe, attrs, steps=8, guidance=DEFAULT_GUIDANCE, seed=123)
+    images = generate_for(pipe, attrs, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE, seed=123)
     assert images.shape == (24, 64, 64, 3)
     acc = attribute_accuracy(Evaluator.load().read(images), attrs)
     # Far above chance (12.5 % colour, 20 % position); the full measurement is `edgediff eval`.
@@ -45,10 +46,11 @@ def test_pipeline_load_without_arguments_draws_what_prompts_say(precision):
 def test_shipped_int8_unet_records_how_it_was_made():
     bundle = Bundle.open(DEFAULT_BUNDLE)
     record = bundle.manifest.calibration
-    assert record is not None and record.steps == 8 and record.guidance == DEFAULT_GUIDANCE
+    assert record is not None
+    assert (record.steps, record.guidance) == (DEFAULT_STEPS, DEFAULT_GUIDANCE)
     quantization = bundle.model("unet", "int8").quantization
-    assert quantization["psnr_db"] >= QUANT_TARGET_PSNR_DB
-    assert quantization["sensitivity"] in bundle.manifest.files
+    assert quantization.psnr_db >= QUANT_TARGET_PSNR_DB
+    assert quantization.sensitivity in bundle.manifest.files
 
 
 def test_generate_and_eval_use_the_shipped_model_by_default(tmp_path):

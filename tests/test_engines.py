@@ -9,6 +9,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from edgediff.bundle.edit import edit
+from edgediff.bundle.engine_compat import (
+    Platform,
+    incompatibility,
+    outside_profile,
+    require_compatible,
+)
+from edgediff.bundle.flavours import Toolkit
+from edgediff.bundle.reader import Bundle
 from edgediff.cli import cli
 from edgediff.engines.build import build_engines
 from edgediff.engines.plan import (
@@ -28,15 +37,7 @@ from edgediff.engines.profiles import (
     parse_span,
 )
 from edgediff.errors import BackendError, BundleError, EngineError, InputError
-from edgediff.runtime.bundle import Bundle, with_files, write_manifest
-from edgediff.runtime.engine_compat import (
-    Platform,
-    incompatibility,
-    outside_profile,
-    require_compatible,
-)
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE
-from edgediff.runtime.tensorrt_flavours import Toolkit
 
 ORIN = Platform(Toolkit("tensorrt", "10.3.0"), "Orin", "8.7")
 H100 = Platform(Toolkit("tensorrt", "10.13.0"), "NVIDIA H100 80GB HBM3", "9.0")
@@ -227,11 +228,10 @@ def test_a_changed_onnx_or_damaged_engine_rebuilds_only_that_engine(bundle_dir):
     request = BuildRequest(precision="int8")
     build_engines(bundle_dir, request, ORIN, RecordingBuilder())
 
-    bundle = Bundle.open(bundle_dir)
     model = onnx.load(bundle_dir / "unet/model.int8.onnx")
     model.doc_string = "re-quantised"
-    onnx.save(model, bundle_dir / "unet/model.int8.onnx")
-    write_manifest(bundle_dir, with_files(bundle.manifest, bundle_dir, ["unet/model.int8.onnx"]))
+    with edit(bundle_dir, "test: re-quantise") as tx:
+        onnx.save(model, tx.path("unet/model.int8.onnx"))
     builder = RecordingBuilder()
     build_engines(bundle_dir, request, ORIN, builder)
     assert builder.built == ["unet"]

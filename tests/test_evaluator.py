@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from edgediff.bench.evaluator import EVALUATOR_ONNX, OUTPUT_NAMES, Evaluator, Readings
-from edgediff.bench.metrics import attribute_accuracy, kid
+from edgediff.data import shapes
+from edgediff.data.shapes import Attributes
 from edgediff.errors import EdgediffError, InputError
-from edgediff.models import shapes
-from edgediff.models.shapes import Attributes
+from edgediff.metrics.evaluator import EVALUATOR_ONNX, OUTPUT_NAMES, Evaluator, Readings
+from edgediff.metrics.quality import attribute_accuracy, kid
 
 # Neither the training seed (0) nor FRESH_SEED, which the training script reports on.
 TEST_SEED = 777
@@ -97,7 +97,7 @@ def test_attribute_accuracy_on_hand_made_readings():
 
 def test_bench_imports_no_torch():
     code = (
-        "import sys, edgediff.bench.evaluator, edgediff.bench.metrics; "
+        "import sys, edgediff.metrics.evaluator, edgediff.metrics.quality; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

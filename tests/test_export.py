@@ -16,10 +16,12 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from edgediff import tolerances  # noqa: E402
-from edgediff.errors import ExportError  # noqa: E402
+from edgediff.bundle.reader import Bundle  # noqa: E402
+from edgediff.bundle.schema import COMPONENTS, MANIFEST  # noqa: E402
+from edgediff.errors import BundleError, ExportError  # noqa: E402
 from edgediff.export import export_checkpoint  # noqa: E402
 from edgediff.export.checkpoint import load_checkpoint, load_component  # noqa: E402
-from edgediff.export.components import COMPONENTS, sample_inputs, wrap  # noqa: E402
+from edgediff.export.components import sample_inputs, wrap  # noqa: E402
 from edgediff.export.tokenizer import (  # noqa: E402
     CHECK_PROMPTS,
     encode_like_runtime,
@@ -27,7 +29,6 @@ from edgediff.export.tokenizer import (  # noqa: E402
 )
 from edgediff.export.verify import compare  # noqa: E402
 from edgediff.graphs.compare import cpu_session  # noqa: E402
-from edgediff.runtime.bundle import MANIFEST, Bundle  # noqa: E402
 
 PRESETS = ("tiny", "tiny-v")
 PROMPTS = [
@@ -205,10 +206,10 @@ def test_scheduler_config_from_an_old_pndm_checkpoint(checkpoints, tmp_path):
 def test_onnx_matches_torch_at_a_new_shape(bundles, checkpoints, preset):
     bundle = Bundle.open(bundles[preset])
     ckpt = load_checkpoint(checkpoints[preset])
-    geo = ckpt.geometry
+    geo = ckpt.model
     prompts = ["a green triangle", "two big stars on the right"]
-    tokenizer_ids = np.array(encode_like_transformers(ckpt.tokenizer, prompts, geo.max_length))
-    f = geo.unet_factor
+    tokenizer_ids = np.array(encode_like_transformers(ckpt.tokenizer, prompts, geo.max_text_length))
+    f = geo.unet_scale_factor
     new_hw = (geo.default_latent + 2 * f, max(f, geo.default_latent // 2))
     for name in COMPONENTS:
         entry = bundle.model(name)
@@ -225,13 +226,13 @@ def test_onnx_matches_torch_at_a_new_shape(bundles, checkpoints, preset):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_dynamic_axes_take_other_batches_and_sizes(bundles, preset, checkpoints):
     bundle = Bundle.open(bundles[preset])
-    geo = load_checkpoint(checkpoints[preset]).geometry
-    f, v, c = geo.unet_factor, geo.vae_factor, geo.latent_channels
-    ids = np.zeros((5, geo.max_length), dtype=np.int64)
+    geo = load_checkpoint(checkpoints[preset]).model
+    f, v, c = geo.unet_scale_factor, geo.vae_scale_factor, geo.latent_channels
+    ids = np.zeros((5, geo.max_text_length), dtype=np.int64)
     sessions = {name: cpu_session(bundle.path(bundle.model(name).file)) for name in COMPONENTS}
     for batch, (h, w) in [(1, (f, 3 * f)), (4, (4 * f, 2 * f)), (5, (5 * f, 5 * f))]:
         outs = sessions["text_encoder"].run(None, {"input_ids": ids[:batch]})
-        assert outs[0].shape == (batch, geo.max_length, geo.cross_dim)
+        assert outs[0].shape == (batch, geo.max_text_length, geo.text_embed_dim)
         unet_in = sample_inputs("unet", geo, batch, (h, w), seed=batch)
         assert sessions["unet"].run(None, unet_in)[0].shape == (batch, c, h, w)
         dec_in = sample_inputs("vae_decoder", geo, batch, (h, w), seed=batch)
@@ -277,7 +278,7 @@ def test_refuses_a_non_empty_destination(checkpoints, tiny_bundle, tmp_path):
     dest = tmp_path / "existing"
     shutil.copytree(tiny_bundle, dest)
     before = _tree_digest(dest)
-    with pytest.raises(ExportError, match="--force") as err:
+    with pytest.raises(BundleError, match="--force") as err:
         export_checkpoint(checkpoints["tiny"], dest, progress=False)
     assert str(dest) in str(err.value)
     assert _tree_digest(dest) == before
@@ -285,7 +286,7 @@ def test_refuses_a_non_empty_destination(checkpoints, tiny_bundle, tmp_path):
     other = tmp_path / "not-a-bundle"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
-    with pytest.raises(ExportError, match=r"no manifest\.json"):
+    with pytest.raises(BundleError, match=r"no manifest\.json"):
         export_checkpoint(checkpoints["tiny"], other, force=True, progress=False)
     assert (other / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "not-a-bundle"]
@@ -439,7 +440,7 @@ def test_fp16_upcast_attention_keeps_scores_in_fp32(tiny_bundle, checkpoints, tm
     types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
     softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
     assert softmax and all(types[n.input[0]] == onnx.TensorProto.FLOAT for n in softmax)
-    inputs = sample_inputs("unet", load_checkpoint(checkpoints["tiny"]).geometry, 1, (8, 8), seed=3)
+    inputs = sample_inputs("unet", load_checkpoint(checkpoints["tiny"]).model, 1, (8, 8), seed=3)
     expected = cpu_session(tiny_bundle / "unet" / "model.onnx").run(None, inputs)[0]
     actual = cpu_session(out).run(None, inputs)[0]
     assert tolerances.max_errors(actual, expected)[1] <= tolerances.EXPORT_REL_TOL["fp16"]
@@ -507,7 +508,7 @@ def test_external_data_goes_to_one_file(monkeypatch, tiny_bundle, checkpoints, t
     for folder in (fp32.parent, half.parent):
         assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model.onnx.data"]
 
-    geo = load_checkpoint(checkpoints["tiny"]).geometry
+    geo = load_checkpoint(checkpoints["tiny"]).model
     inputs = sample_inputs("unet", geo, 2, (12, 10), seed=5)
     expected = cpu_session(source).run(None, inputs)[0]
     np.testing.assert_array_equal(cpu_session(fp32).run(None, inputs)[0], expected)

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgediff.bundle.reader import Bundle
 from edgediff.errors import EdgediffError
-from edgediff.runtime.bundle import Bundle
 from edgediff.runtime.bundle_info import format_bundle
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE, Pipeline
 

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from edgediff.bench.metrics import paired_psnr, psnr
-from edgediff.bench.timing import measure_latency
+from edgediff.metrics.quality import paired_psnr, psnr
+from edgediff.metrics.timing import measure_latency
 
 
 def test_psnr_of_identical_arrays_is_infinite():

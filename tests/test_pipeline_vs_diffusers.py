@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -74,25 +76,26 @@ def test_seeded_generation_is_reproducible(pipelines):
     assert not np.allclose(a, c)
 
 
-class _RecordingSession:
-    """The real U-Net session, noting the batch of every call."""
-
-    def __init__(self, session):
-        self.session = session
-        self.batches: list[int] = []
-
-    def run(self, feeds):
-        self.batches.append(feeds["sample"].shape[0])
-        return self.session.run(feeds)
-
-
 @pytest.mark.parametrize(("guidance", "expected_batch"), [(1.0, 2), (0.5, 2), (1.5, 4)])
-def test_unet_batch_doubles_only_when_guided(pipelines, monkeypatch, guidance, expected_batch):
+def test_unet_batch_doubles_only_when_guided(pipelines, guidance, expected_batch):
     _, pipe = pipelines["tiny"]
-    recorder = _RecordingSession(pipe.sessions["unet"])
-    monkeypatch.setitem(pipe.sessions, "unet", recorder)
-    pipe(["a", "b"], seed=0, num_inference_steps=3, guidance_scale=guidance, output_type="latent")
-    assert recorder.batches == [expected_batch] * 3
+    batches: list[int] = []
+    unet = pipe.models.unet
+
+    def noting_batch(**feeds):
+        batches.append(feeds["sample"].shape[0])
+        return unet(**feeds)
+
+    models = dataclasses.replace(pipe.models, unet=noting_batch)
+    pipe(
+        ["a", "b"],
+        seed=0,
+        num_inference_steps=3,
+        guidance_scale=guidance,
+        output_type="latent",
+        models=models,
+    )
+    assert batches == [expected_batch] * 3
 
 
 def test_eta_one_uses_seeded_noise(pipelines):

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 
-from edgediff.bench.caption_eval import eval_prompts
-from edgediff.bench.metrics import paired_psnr, psnr
+from edgediff.bundle.edit import edit
+from edgediff.bundle.reader import Bundle
+from edgediff.bundle.schema import QUANTIZED_OPS
 from edgediff.calibration.capture import calibrate, calibration_record
 from edgediff.calibration.prompts import read_prompts
-from edgediff.calibration.quantize import QUANTIZED_OPS, RecordedInputs, settings_for
+from edgediff.calibration.quantize import RecordedInputs, settings_for
 from edgediff.calibration.quantize_bundle import parse_components, quantize_bundle
 from edgediff.calibration.sensitivity import (
     LayerScore,
@@ -26,10 +26,11 @@ from edgediff.calibration.sensitivity import (
     resolve_keep,
 )
 from edgediff.cli import cli
+from edgediff.data import shapes
+from edgediff.data.shapes import eval_prompts
 from edgediff.errors import BundleError, InputError
-from edgediff.models import shapes
+from edgediff.metrics.quality import paired_psnr, psnr
 from edgediff.runtime.backends import get_backend
-from edgediff.runtime.bundle import Bundle, write_manifest
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE, Pipeline
 from edgediff.tolerances import QUANT_CALL_MIN_PSNR_DB, QUANT_TARGET_PSNR_DB
 
@@ -136,8 +137,8 @@ def test_fp8_model_declares_opset_19_and_runs_on_ort_cpu(quantized):
 
 def test_manifest_records_quantised_models_and_generate_uses_them(quantized, tmp_path):
     entry = quantized.model("unet", "int8")
-    assert entry.quantization["settings"]["per_channel"] is True
-    assert entry.quantization["kept_in_float"] == []
+    assert entry.quantization.settings.per_channel is True
+    assert entry.quantization.kept_in_float == ()
     assert entry.inputs == quantized.model("unet", "fp32").inputs
     quantized.verify()
     out = tmp_path / "int8.png"
@@ -208,8 +209,8 @@ def test_layers_are_blocks_named_after_modules():
 def test_bad_inputs_give_clear_errors(quantized, tmp_path):
     uncalibrated = tmp_path / "bundle"
     shutil.copytree(DEFAULT_BUNDLE, uncalibrated)
-    manifest = Bundle.open(uncalibrated).manifest
-    write_manifest(uncalibrated, replace(manifest, calibration=None))
+    with edit(uncalibrated, "test: drop calibration") as tx:
+        tx.set_calibration(None)
     with pytest.raises(BundleError, match=r"has no calibration data.*edgediff calibrate"):
         quantize_bundle(uncalibrated, "int8", ["unet"], keep="none", force=True)
     with pytest.raises(InputError, match="unknown component 'decoder'"):
@@ -242,7 +243,7 @@ def test_cpu_target_quantises_activations_as_uint8(tmp_path):
     assert result.exit_code == 0, result.output
     bundle = Bundle.open(root)
     entry = bundle.model("unet", "int8")
-    assert entry.quantization["settings"]["target"] == "cpu"
+    assert entry.quantization.settings.target == "cpu"
     model = onnx.load(str(bundle.path(entry.file)))
     initializers = {t.name: t for t in model.graph.initializer}
     zero_types = {
@@ -251,6 +252,6 @@ def test_cpu_target_quantises_activations_as_uint8(tmp_path):
         if n.op_type == "QuantizeLinear"
     }
     assert zero_types == {onnx.TensorProto.UINT8}  # activations; weights stay int8 symmetric
-    assert entry.quantization["psnr_db"] >= QUANT_TARGET_PSNR_DB
+    assert entry.quantization.psnr_db >= QUANT_TARGET_PSNR_DB
     with pytest.raises(InputError, match="--target cpu is for int8"):
         settings_for("fp8", "cpu")

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent(
+BLOCKER = textwrap.dedent(
     """
     import importlib.abc, sys
 
@@ -25,7 +25,11 @@ SCRIPT = textwrap.dedent(
         pass
     else:
         raise SystemExit("the blocker did not work")
+    """
+)
 
+SCRIPT = BLOCKER + textwrap.dedent(
+    """
     from edgediff.runtime import Pipeline
 
     pipe = Pipeline.load(sys.argv[1])
@@ -47,3 +51,29 @@ def test_generate_with_torch_unimportable(tiny_bundle):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("generated")
+
+
+# The shared tools the trainers, calibration and the bench score with: none may need torch.
+TOOLS = BLOCKER + textwrap.dedent(
+    """
+    import edgediff.bundle, edgediff.metrics.quality, edgediff.metrics.timing
+    import edgediff.metrics.evaluator
+    from edgediff.data import shapes
+
+    images, attributes, captions = shapes.batch(seed=0, start=0, size=4)
+    assert images.shape == (4, 3, 64, 64) and len(captions) == 4, images.shape
+    drawn = shapes.sample(0, 0)
+    assert shapes.read_by_rules(drawn.image) == drawn.attributes
+    leaked = sorted(BLOCKED & {m.split(".")[0] for m in sys.modules})
+    assert not leaked, leaked
+    print("ok")
+    """
+)
+
+
+def test_bundle_metrics_and_shapes_data_import_without_torch():
+    proc = subprocess.run(
+        [sys.executable, "-c", TOOLS], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

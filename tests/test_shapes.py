@@ -7,7 +7,7 @@ import collections
 import numpy as np
 import pytest
 
-from edgediff.models import shapes
+from edgediff.data import shapes
 
 
 def test_samples_are_deterministic_and_index_addressable():

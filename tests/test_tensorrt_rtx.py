@@ -16,8 +16,9 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from edgediff.bundle.edit import edit
+from edgediff.bundle.reader import Bundle
 from edgediff.cli import cli
-from edgediff.runtime.bundle import Bundle, with_files, write_manifest
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE
 
 trt = pytest.importorskip(
@@ -113,11 +114,10 @@ def test_int8_engines_rebuild_only_what_changed(tmp_path):
     assert _outcomes(output) == dict.fromkeys(engines, "built")
 
     # A re-quantised U-Net changes only the U-Net's key.
-    bundle = Bundle.open(root)
     model = onnx.load(str(root / "unet/model.int8.onnx"))
     model.doc_string = "re-quantised"
-    onnx.save(model, str(root / "unet/model.int8.onnx"))
-    write_manifest(root, with_files(bundle.manifest, root, ["unet/model.int8.onnx"]))
+    with edit(root, "test: re-quantise") as tx:
+        onnx.save(model, str(tx.path("unet/model.int8.onnx")))
     output = _build(root, "--precision", "int8", "--targets", "8.6,8.9")
     assert _outcomes(output) == {
         "text_encoder": "reused",

@@ -10,21 +10,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edgediff.models import shapes
+from edgediff.data import shapes
+from edgediff.data.shapes import EVAL_SEED, eval_prompts
 from edgediff.runtime.images import to_uint8
 
-# Prompt seeds: settings (steps, guidance) were chosen on TUNING_SEED; reports use EVAL_SEED,
-# so the reported prompts were never used to pick anything.
-EVAL_SEED = 0
-TUNING_SEED = 1
 _NOISE_SEED_OFFSET = 7_919
 _REFERENCE_SEED_OFFSET = 104_729
-
-
-def eval_prompts(n: int, seed: int = EVAL_SEED, held_out: bool = False) -> list[shapes.Attributes]:
-    """`n` attribute sets: training combinations, or only the held-out colour+shape pairs."""
-    rng = np.random.default_rng([seed, 1 if held_out else 0])
-    return [shapes.random_attributes(rng, "only" if held_out else "exclude") for _ in range(n)]
 
 
 @dataclass(frozen=True)
@@ -67,7 +58,7 @@ def real_images_for(attrs: list[shapes.Attributes], seed: int) -> np.ndarray:
 def score(evaluator, generated: np.ndarray, real: np.ndarray, attrs: list) -> CaptionScores:
     """Read generated images, score them against their captions, and KID against `real` ones
     (drawn independently of `attrs`, from the same distribution)."""
-    from edgediff.bench.metrics import attribute_accuracy, kid
+    from edgediff.metrics.quality import attribute_accuracy, kid
 
     fake = evaluator.read(generated)
     ref = evaluator.read(real)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgediff.bench.timing import summarize
+from edgediff.metrics.timing import summarize
 
 COMPONENT_TIMINGS = ("text_encoder", "unet_step", "vae_decoder", "end_to_end")
 

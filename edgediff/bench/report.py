@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgediff.bench.pareto import plot
-from edgediff.runtime.files import atomic_path, atomic_write_text
+from edgediff.bundle.files import atomic_path, atomic_write_text
 
 
 def _ms(row: dict[str, Any], part: str) -> str:

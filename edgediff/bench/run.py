@@ -21,9 +21,11 @@ import numpy as np
 from edgediff import __version__
 from edgediff.bench.child import run_python
 from edgediff.bench.configs import Config
+from edgediff.bundle.files import atomic_path, atomic_write_text, sha256_file
+from edgediff.bundle.reader import Bundle
+from edgediff.bundle.schema import MANIFEST
 from edgediff.errors import InputError
-from edgediff.runtime.bundle import MANIFEST, Bundle
-from edgediff.runtime.files import atomic_path, atomic_write_text, sha256_file
+from edgediff.runtime.request import DEFAULT_GUIDANCE
 
 FORMAT = "edgediff-bench"
 FORMAT_VERSION = 1
@@ -40,7 +42,7 @@ class BenchSettings:
     runs: int = 10
     warmup: int = 2
     seed: int = 0
-    guidance: float = 3.0
+    guidance: float = DEFAULT_GUIDANCE
     height: int | None = None
     width: int | None = None
     batch_size: int = 16
@@ -64,8 +66,7 @@ def prompts_for(settings: BenchSettings) -> list[str]:
     """The prompts every configuration generates: shapes eval captions, or one SD prompt."""
     if settings.architecture == "sd15":
         return ["a photo of an astronaut riding a horse on mars"]
-    from edgediff.bench.caption_eval import eval_prompts
-    from edgediff.models.shapes import canonical_caption
+    from edgediff.data.shapes import canonical_caption, eval_prompts
 
     return [canonical_caption(a) for a in eval_prompts(settings.prompts)]
 
@@ -116,7 +117,7 @@ def accuracy(
     outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], is_reference: bool, scorer
 ) -> dict[str, Any]:
     """Paired PSNR/SSIM against the reference outputs, and the evaluator's caption scores."""
-    from edgediff.bench.metrics import paired_psnr, ssim
+    from edgediff.metrics.quality import paired_psnr, ssim
 
     result: dict[str, Any] = {
         "latent_psnr_db": None,  # null: identical to the reference (PSNR is infinite)
@@ -138,13 +139,9 @@ def accuracy(
 
 def caption_scorer(settings: BenchSettings):
     """A function images -> caption accuracy per attribute and KID, for the shapes model."""
-    from edgediff.bench.caption_eval import (
-        _REFERENCE_SEED_OFFSET,
-        eval_prompts,
-        real_images_for,
-        score,
-    )
-    from edgediff.bench.evaluator import Evaluator
+    from edgediff.bench.caption_eval import _REFERENCE_SEED_OFFSET, real_images_for, score
+    from edgediff.data.shapes import eval_prompts
+    from edgediff.metrics.evaluator import Evaluator
     from edgediff.runtime.images import to_uint8
 
     evaluator = Evaluator.load()

@@ -8,49 +8,34 @@ them from disk (memory-mapped) instead of holding them.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from edgediff.bundle.edit import edit
+from edgediff.bundle.reader import Bundle
+from edgediff.bundle.schema import Calibration
 from edgediff.errors import BundleError, InputError
-from edgediff.runtime.bundle import Bundle, Calibration, with_files, write_manifest
-from edgediff.runtime.files import atomic_path, atomic_write_text
-from edgediff.runtime.pipeline import PIPELINE_COMPONENTS, Pipeline
+from edgediff.runtime.pipeline import PIPELINE_COMPONENTS, ModelCall, Models, Pipeline
+from edgediff.runtime.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 FOLDER = "calibration"
 PROMPTS_FILE = f"{FOLDER}/prompts.txt"
 RECORDED = PIPELINE_COMPONENTS  # every component the denoising pipeline runs
 
 
-class _RecordingSession:
-    """A session that keeps a copy of every feed it runs."""
+def recording(models: Models, calls: dict[str, list[dict[str, np.ndarray]]]) -> Models:
+    """`models` with each recorded component keeping a copy of every feed it is given."""
 
-    def __init__(self, session, calls: list[dict[str, np.ndarray]]):
-        self._session = session
-        self._calls = calls
-        self.input_names = session.input_names
-        self.output_names = session.output_names
+    def kept(name: str, call: ModelCall) -> ModelCall:
+        def run(**feeds: np.ndarray) -> dict[str, np.ndarray]:
+            calls[name].append({k: np.array(v, copy=True) for k, v in feeds.items()})
+            return call(**feeds)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Record the feeds, then run."""
-        self._calls.append({k: np.array(v, copy=True) for k, v in feeds.items()})
-        return self._session.run(feeds)
+        return run
 
-
-@contextlib.contextmanager
-def recording(pipeline: Pipeline) -> Iterator[dict[str, list[dict[str, np.ndarray]]]]:
-    """While open, every call of each recorded component is appended to the yielded lists."""
-    calls: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in RECORDED}
-    original = dict(pipeline.sessions)
-    for name in RECORDED:
-        pipeline.sessions[name] = _RecordingSession(original[name], calls[name])
-    try:
-        yield calls
-    finally:
-        pipeline.sessions.update(original)
+    return replace(models, **{name: kept(name, getattr(models, name)) for name in RECORDED})
 
 
 def batch_seed(seed: int, index: int) -> int:
@@ -78,19 +63,21 @@ def sample_inputs(
     from tqdm.auto import tqdm
 
     batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
-    with recording(pipeline) as calls:
-        for k, chunk in enumerate(
-            tqdm(batches, desc="calibrating", unit="batch", disable=not progress)
-        ):
-            pipeline(
-                chunk,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                seed=batch_seed(seed, k),
-                height=height,
-                width=width,
-                output_type="np",
-            )
+    calls: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in RECORDED}
+    models = recording(pipeline.models, calls)
+    for k, chunk in enumerate(
+        tqdm(batches, desc="calibrating", unit="batch", disable=not progress)
+    ):
+        pipeline(
+            chunk,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            seed=batch_seed(seed, k),
+            height=height,
+            width=width,
+            output_type="np",
+            models=models,
+        )
     return {
         name: {key: np.stack([c[key] for c in recorded]) for key in recorded[0]}
         for name, recorded in calls.items()
@@ -108,8 +95,8 @@ def calibrate(
     bundle_dir: str | Path,
     prompts: list[str],
     samples: int = 32,
-    steps: int = 8,
-    guidance: float | None = None,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
     seed: int = 0,
     batch_size: int = 4,
     force: bool = False,
@@ -119,54 +106,49 @@ def calibrate(
 ) -> Calibration:
     """Record the fp32 pipeline's component inputs into the bundle; return the record."""
     from edgediff.calibration.prompts import prompts_sha256
-    from edgediff.runtime.guidance import DEFAULT_GUIDANCE
 
-    bundle = Bundle.open(bundle_dir)
-    if bundle.manifest.calibration is not None and not force:
-        raise BundleError(
-            f"'{bundle_dir}' already holds calibration data",
-            "Pass --force to record it again (quantised models made from it stay as they are)",
-        )
-    for component in RECORDED:
-        if "fp32" not in bundle.manifest.components[component].models:
+    with edit(bundle_dir, "edgediff calibrate") as tx:
+        bundle = tx.bundle
+        if bundle.manifest.calibration is not None and not force:
             raise BundleError(
-                f"calibration samples the fp32 pipeline, and the bundle's {component} has no "
-                "fp32 model",
-                "Export the checkpoint without --fp16 and calibrate that bundle",
+                f"'{bundle_dir}' already holds calibration data",
+                "Pass --force to record it again (quantised models made from it stay as they are)",
             )
-    if steps < 1:
-        raise InputError(f"--steps must be >= 1, got {steps}")
-    guidance = DEFAULT_GUIDANCE if guidance is None else guidance
-    chosen = choose_prompts(prompts, samples)
-    pipeline = Pipeline.load(bundle, precision="fp32")
-    arrays = sample_inputs(
-        pipeline, chosen, steps, guidance, seed, batch_size, progress, height, width
-    )
-
-    root = Path(bundle.root)
-    inputs: dict[str, dict[str, str]] = {}
-    for component, named in arrays.items():
-        for key, array in named.items():
-            rel = f"{FOLDER}/{component}/{key}.npy"
-            with atomic_path(root / rel) as tmp, open(tmp, "wb") as f:
-                np.save(f, array)
-            inputs.setdefault(component, {})[key] = rel
-    atomic_write_text(root / PROMPTS_FILE, "\n".join(chosen) + "\n")
-    record = Calibration(
-        prompts=len(chosen),
-        prompts_sha256=prompts_sha256(chosen),
-        steps=steps,
-        guidance=float(guidance),
-        seed=seed,
-        batch_size=batch_size,
-        timesteps=tuple(int(t) for t in pipeline.scheduler.timesteps(steps)),
-        inputs=inputs,
-        height=height,
-        width=width,
-    )
-    # Files are replaced one by one, each atomically; the manifest, written last, commits them.
-    manifest = replace(bundle.manifest, calibration=record)
-    write_manifest(root, with_files(manifest, root, [*record.files, PROMPTS_FILE]))
+        for component in RECORDED:
+            if "fp32" not in bundle.manifest.components[component].models:
+                raise BundleError(
+                    f"calibration samples the fp32 pipeline, and the bundle's {component} has no "
+                    "fp32 model",
+                    "Export the checkpoint without --fp16 and calibrate that bundle",
+                )
+        if steps < 1:
+            raise InputError(f"--steps must be >= 1, got {steps}")
+        chosen = choose_prompts(prompts, samples)
+        with Pipeline.load(bundle, precision="fp32") as pipeline:
+            arrays = sample_inputs(
+                pipeline, chosen, steps, guidance, seed, batch_size, progress, height, width
+            )
+            timesteps = tuple(int(t) for t in pipeline.scheduler.timesteps(steps))
+        inputs: dict[str, dict[str, str]] = {}
+        for component, named in arrays.items():
+            for key, array in named.items():
+                rel = f"{FOLDER}/{component}/{key}.npy"
+                np.save(tx.path(rel), array)
+                inputs.setdefault(component, {})[key] = rel
+        tx.write_file(PROMPTS_FILE, "\n".join(chosen) + "\n")
+        record = Calibration(
+            prompts=len(chosen),
+            prompts_sha256=prompts_sha256(chosen),
+            steps=steps,
+            guidance=float(guidance),
+            seed=seed,
+            batch_size=batch_size,
+            timesteps=timesteps,
+            inputs=inputs,
+            height=height,
+            width=width,
+        )
+        tx.set_calibration(record)
     return record
 
 

@@ -21,8 +21,8 @@ DEFAULT_COUNT = 64
 
 def make_default_prompts(n: int = DEFAULT_COUNT) -> list[str]:
     """`n` shapes captions disjoint from the default evaluation prompts, in a fixed order."""
-    from edgediff.bench.caption_eval import EVAL_SEED, eval_prompts
-    from edgediff.models import shapes
+    from edgediff.data import shapes
+    from edgediff.data.shapes import EVAL_SEED, eval_prompts
 
     evaluated = {a.as_tuple() for a in eval_prompts(256, EVAL_SEED)}
     candidates = [a for a in shapes.all_attributes(False) if a.as_tuple() not in evaluated]

@@ -22,62 +22,46 @@ import io
 import logging
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgediff.bundle.schema import QUANTIZED_PRECISIONS, QuantSettings
 from edgediff.errors import EdgediffError, InputError
 
-QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 FP8_E4M3_MAX = 448.0
 
 
-@dataclass(frozen=True)
-class QuantSettings:
-    """How one precision is quantised; recorded in the manifest beside the model."""
+def ort_arguments(settings: QuantSettings) -> dict[str, Any]:
+    """Keyword arguments for onnxruntime.quantization.quantize_static."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 
-    precision: str
-    quant_type: str  # onnxruntime.quantization.QuantType member, for weights and activations
-    calibrate_method: str  # onnxruntime.quantization.CalibrationMethod member
-    activation_scales: str  # "calibrator" or "amax"
-    per_channel: bool = True
-    symmetric: bool = True  # weights always; activations too unless activation_type says uint8
-    quantize_bias: bool = False
-    op_types: tuple[str, ...] = QUANTIZED_OPS
-    activation_type: str | None = None  # another QuantType for activations (None: quant_type)
-    reduce_range: bool = False  # 7-bit weights
-    target: str = "tensorrt"
-
-    def ort_arguments(self) -> dict[str, Any]:
-        """Keyword arguments for onnxruntime.quantization.quantize_static."""
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-
-        return {
-            "quant_format": QuantFormat.QDQ,
-            "activation_type": getattr(QuantType, self.activation_type or self.quant_type),
-            "weight_type": getattr(QuantType, self.quant_type),
-            "calibrate_method": getattr(CalibrationMethod, self.calibrate_method),
-            "per_channel": self.per_channel,
-            "reduce_range": self.reduce_range,
-            "op_types_to_quantize": list(self.op_types),
-            "extra_options": {
-                "ActivationSymmetric": self.symmetric and self.activation_type is None,
-                "WeightSymmetric": self.symmetric,
-                "QuantizeBias": self.quantize_bias,
-                # A tensor feeding a Conv and an Add gets its own Q/DQ pair for the Conv; the
-                # Add keeps reading float, so DQ outputs feed only quantised ops.
-                "DedicatedQDQPair": True,
-            },
-        }
+    return {
+        "quant_format": QuantFormat.QDQ,
+        "activation_type": getattr(QuantType, settings.activation_type or settings.quant_type),
+        "weight_type": getattr(QuantType, settings.quant_type),
+        "calibrate_method": getattr(CalibrationMethod, settings.calibrate_method),
+        "per_channel": settings.per_channel,
+        "reduce_range": settings.reduce_range,
+        "op_types_to_quantize": list(settings.op_types),
+        "extra_options": {
+            "ActivationSymmetric": settings.symmetric and settings.activation_type is None,
+            "WeightSymmetric": settings.symmetric,
+            "QuantizeBias": settings.quantize_bias,
+            # A tensor feeding a Conv and an Add gets its own Q/DQ pair for the Conv; the
+            # Add keeps reading float, so DQ outputs feed only quantised ops.
+            "DedicatedQDQPair": True,
+        },
+    }
 
 
 SETTINGS = {
     "int8": QuantSettings("int8", "QInt8", "MinMax", "calibrator"),
     "fp8": QuantSettings("fp8", "QFLOAT8E4M3FN", "Distribution", "amax"),
 }
-PRECISIONS = tuple(SETTINGS)
+PRECISIONS = QUANTIZED_PRECISIONS
 
 
 TARGETS = ("tensorrt", "cpu")
@@ -213,7 +197,7 @@ class Quantizer:
         from onnxruntime.quantization import quantize_static
 
         settings = settings or self.settings
-        arguments = settings.ort_arguments()
+        arguments = ort_arguments(settings)
         if settings.activation_scales == "amax":
             arguments["extra_options"]["TensorQuantOverrides"] = self._amax_overrides()
         cache = self._cache(settings.calibrate_method)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from edgediff.bundle.edit import BundleEdit, edit
+from edgediff.bundle.reader import Bundle
+from edgediff.bundle.schema import QuantizationRecord, QuantSettings
 from edgediff.calibration.capture import RECORDED, calibration_prompts, calibration_record
 from edgediff.calibration.quantize import (
     Quantizer,
-    QuantSettings,
     RecordedInputs,
     quantizer_version,
     require_onnx,
@@ -35,8 +37,6 @@ from edgediff.calibration.sensitivity import (
     resolve_keep,
 )
 from edgediff.errors import BundleError, InputError
-from edgediff.runtime.bundle import Bundle, with_files, with_model, write_manifest
-from edgediff.runtime.files import atomic_model_path, atomic_write_text
 from edgediff.runtime.pipeline import Pipeline
 from edgediff.tolerances import QUANT_TARGET_PSNR_DB
 
@@ -114,24 +114,24 @@ def quantize_bundle(
     """Quantise `components` of a calibrated bundle; write models, tables and the manifest."""
     require_onnx()
     settings = settings_for(precision, target)
-    bundle = Bundle.open(bundle_dir)
-    for component in components:
-        _check_can_quantize(bundle, component, precision, force)
     if probe_prompts < 1:
         raise InputError(f"--probe-prompts must be >= 1, got {probe_prompts}")
-    pipeline = Pipeline.load(bundle, precision="fp32")
-    results = [
-        _quantize_component(
-            bundle, pipeline, component, settings, keep, target_psnr, probe_prompts, progress
-        )
-        for component in components
-    ]
-    _record(bundle, settings, results, target_psnr)
+    with edit(bundle_dir, "edgediff quantize") as tx:
+        for component in components:
+            _check_can_quantize(tx.bundle, component, precision, force)
+        with Pipeline.load(tx.bundle, precision="fp32") as pipeline:
+            results = [
+                _quantize_component(
+                    tx, pipeline, component, settings, keep, target_psnr, probe_prompts, progress
+                )
+                for component in components
+            ]
+        _record(tx, settings, results, target_psnr)
     return results
 
 
 def _quantize_component(
-    bundle: Bundle,
+    tx: BundleEdit,
     pipeline: Pipeline,
     component: str,
     settings: QuantSettings,
@@ -140,6 +140,7 @@ def _quantize_component(
     probe_prompts: int,
     progress: bool,
 ) -> ComponentResult:
+    bundle = tx.bundle
     calibration = bundle.manifest.calibration
     prompts = calibration_prompts(bundle)[:probe_prompts]
     probe = make_probe(
@@ -172,7 +173,7 @@ def _quantize_component(
             db = score(kept_nodes)
             search = KeepSearch(layers, db, db >= target_psnr, [{"keep": layers, "psnr_db": db}])
         return _write(
-            bundle, pipeline, component, quantizer, search, ranked, kept_nodes, inputs, target_psnr
+            tx, pipeline, component, quantizer, search, ranked, kept_nodes, inputs, target_psnr
         )
 
 
@@ -195,7 +196,7 @@ def _check_can_quantize(bundle: Bundle, component: str, precision: str, force: b
 
 
 def _write(
-    bundle: Bundle,
+    tx: BundleEdit,
     pipeline: Pipeline,
     component: str,
     quantizer: Quantizer,
@@ -206,20 +207,23 @@ def _write(
     target_psnr: float,
 ) -> ComponentResult:
     """Write the final model and its sensitivity table; measure size and latency."""
-    from edgediff.bench.timing import measure_latency
+    from edgediff.metrics.timing import measure_latency
 
+    bundle = tx.bundle
     precision = quantizer.settings.precision
     rel = f"{component}/model.{precision}.onnx"
     # The same keep list quantises to the same model the search scored: no second measurement.
-    with atomic_model_path(bundle.path(rel)) as tmp:
-        quantizer.write(tmp, keep=kept_nodes)
+    quantizer.write(tx.path(rel), keep=kept_nodes)
     data = rel + ".data"
-    external = (data,) if bundle.path(data).exists() else ()
+    external = (data,) if tx.is_staged(data) else ()
     feeds = inputs.feeds(0)
     fp32_session = pipeline.sessions[component]
-    quantized_session = pipeline.backend.load(bundle.path(rel))
-    fp32_latency = measure_latency(lambda: fp32_session.run(feeds), runs=10)
-    quantized_latency = measure_latency(lambda: quantized_session.run(feeds), runs=10)
+    quantized_session = pipeline.backend.load(tx.read_path(rel))
+    try:
+        fp32_latency = measure_latency(lambda: fp32_session.run(feeds), runs=10)
+        quantized_latency = measure_latency(lambda: quantized_session.run(feeds), runs=10)
+    finally:
+        quantized_session.close()
     table = {
         "component": component,
         "precision": precision,
@@ -229,9 +233,7 @@ def _write(
         "layers": as_json(ranked) if ranked is not None else None,
         "keep_search": search.trials,
     }
-    atomic_write_text(
-        bundle.path(sensitivity_file(component, precision)), json.dumps(table, indent=2) + "\n"
-    )
+    tx.write_file(sensitivity_file(component, precision), json.dumps(table, indent=2) + "\n")
     return ComponentResult(
         component=component,
         file=rel,
@@ -242,7 +244,7 @@ def _write(
         fp32_bytes=sum(
             bundle.path(f).stat().st_size for f in bundle.model(component, "fp32").files
         ),
-        bytes=sum(bundle.path(f).stat().st_size for f in (rel, *external)),
+        bytes=sum(tx.read_path(f).stat().st_size for f in (rel, *external)),
         fp32_seconds=fp32_latency.median,
         seconds=quantized_latency.median,
         sensitivity=ranked,
@@ -255,34 +257,31 @@ def sensitivity_file(component: str, precision: str) -> str:
 
 
 def _record(
-    bundle: Bundle, settings: QuantSettings, results: list[ComponentResult], target_psnr: float
+    tx: BundleEdit, settings: QuantSettings, results: list[ComponentResult], target_psnr: float
 ) -> None:
-    """List the new models and tables in the manifest (written last: it commits them)."""
-    manifest = bundle.manifest
-    written = []
+    """List the new models and their tables in the manifest."""
+    calibration = tx.bundle.manifest.calibration
     for r in results:
-        fp32 = bundle.model(r.component, "fp32")
-        table = sensitivity_file(r.component, settings.precision)
+        fp32 = tx.bundle.model(r.component, "fp32")
+        record = QuantizationRecord(
+            quantizer=quantizer_version(),
+            settings=settings,
+            calibration_prompts_sha256=calibration.prompts_sha256,
+            kept_in_float=tuple(r.kept),
+            psnr_db=r.psnr_db,
+            target_psnr_db=target_psnr,
+            measured_on="final latents" if r.component != "vae_decoder" else "images",
+            sensitivity=sensitivity_file(r.component, settings.precision),
+        )
         entry = replace(
             fp32,
             file=r.file,
             precision=settings.precision,
             external_data=r.external_data,
             verification=None,
-            quantization={
-                "quantizer": quantizer_version(),
-                "settings": asdict(settings),
-                "calibration_prompts_sha256": manifest.calibration.prompts_sha256,
-                "kept_in_float": r.kept,
-                "psnr_db": r.psnr_db,
-                "target_psnr_db": target_psnr,
-                "measured_on": "final latents" if r.component != "vae_decoder" else "images",
-                "sensitivity": table,
-            },
+            quantization=record,
         )
-        manifest = with_model(manifest, r.component, entry)
-        written += [r.file, *r.external_data, table]
-    write_manifest(bundle.root, with_files(manifest, bundle.root, written))
+        tx.put_model(r.component, entry)
 
 
 def format_results(results: list[ComponentResult], target_psnr: float) -> str:

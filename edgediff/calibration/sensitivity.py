@@ -8,18 +8,16 @@ A layer is a block of the source model (`down_blocks.1.attentions.0`, `mid_block
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from edgediff.bench.metrics import paired_psnr
-from edgediff.calibration.quantize import QUANTIZED_OPS
+from edgediff.bundle.schema import QUANTIZED_OPS, Calibration
 from edgediff.errors import InputError
-from edgediff.runtime.bundle import Calibration
-from edgediff.runtime.pipeline import Pipeline
+from edgediff.metrics.quality import paired_psnr
+from edgediff.runtime.pipeline import Models, Pipeline
 
 
 def quantizable_nodes(model: Path) -> list[str]:
@@ -109,7 +107,7 @@ def make_probe(
     return replace(probe, reference=sample(pipeline, probe))
 
 
-def sample(pipeline: Pipeline, probe: Probe) -> np.ndarray:
+def sample(pipeline: Pipeline, probe: Probe, models: Models | None = None) -> np.ndarray:
     """The pipeline's output for the probe's prompts, seed and settings."""
     return pipeline(
         probe.prompts,
@@ -119,24 +117,18 @@ def sample(pipeline: Pipeline, probe: Probe) -> np.ndarray:
         height=probe.height,
         width=probe.width,
         output_type=probe.output_type,
+        models=models,
     )
-
-
-@contextlib.contextmanager
-def swapped(pipeline: Pipeline, component: str, model: Path) -> Iterator[Pipeline]:
-    """The pipeline with one component's model replaced, restored on exit."""
-    original = pipeline.sessions[component]
-    pipeline.sessions[component] = pipeline.backend.load(model)
-    try:
-        yield pipeline
-    finally:
-        pipeline.sessions[component] = original
 
 
 def measure(pipeline: Pipeline, component: str, model: Path, probe: Probe) -> float:
     """Paired PSNR (dB) of the pipeline's output with `model` as `component`, against fp32."""
-    with swapped(pipeline, component, model) as p:
-        out = sample(p, probe)
+    session = pipeline.backend.load(model)
+    try:
+        trial = replace(pipeline.models, **{component: lambda **feeds: session.run(feeds)})
+        out = sample(pipeline, probe, trial)
+    finally:
+        session.close()
     # Images live in [0, 1]; latents have no natural peak, so each sample's range is used.
     return paired_psnr(out, probe.reference, 1.0 if probe.output_type == "np" else None)
 

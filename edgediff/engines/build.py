@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
+from edgediff.bundle.edit import edit
+from edgediff.bundle.engine_compat import Platform
+from edgediff.bundle.files import sha256_file
+from edgediff.bundle.reader import Bundle
+from edgediff.bundle.schema import EngineEntry
 from edgediff.engines.fp16_models import make_fp16_models
 from edgediff.engines.plan import (
     ENGINES_DIR,
@@ -21,9 +26,6 @@ from edgediff.engines.plan import (
     plan_engines,
 )
 from edgediff.errors import InputError
-from edgediff.runtime.bundle import Bundle, EngineEntry, with_files, write_manifest
-from edgediff.runtime.engine_compat import Platform
-from edgediff.runtime.files import atomic_path, sha256_file
 
 # (onnx path, plan, timing cache path or None, output path) -> None; writes the engine.
 Builder = Callable[[Path, EnginePlan, Path | None, Path], None]
@@ -80,49 +82,40 @@ def build_engines(
     build keeps the engines finished before it and never leaves a half engine under its final
     name.
     """
-    bundle = Bundle.open(bundle_root)
     if timing_cache is not None and platform.toolkit.builds_ahead_of_time:
         raise InputError(
             f"{platform.toolkit.title} has no timing cache (it compiles kernels on first run "
             "and keeps them in the runtime cache, BUNDLE/engines/rtx/)",
             "Drop --timing-cache",
         )
-    missing = missing_fp16_models(bundle, request, platform)
-    if missing:
-        if progress:
-            from tqdm.auto import tqdm
+    with edit(bundle_root, "edgediff build") as tx:
+        missing = missing_fp16_models(tx.bundle, request, platform)
+        if missing:
+            if progress:
+                from tqdm.auto import tqdm
 
-            tqdm.write(f"making fp16 models for {', '.join(missing)} (strongly typed TensorRT)")
-        bundle = make_fp16_models(bundle.root, missing)
-    plans = plan_engines(bundle, request, platform)
-    cache = timing_cache or default_timing_cache(bundle.root, platform)
-    results = []
-    for plan in _progress(plans, progress):
-        current = None if force else _is_current(bundle, plan)
-        if current is not None:
-            size = bundle.manifest.files[current.file].bytes
-            results.append(BuildResult(current, reused=True, seconds=0.0, bytes=size))
-            continue
-        bundle.verify(list(plan.onnx.files))
-        start = time.perf_counter()
-        with atomic_path(bundle.path(plan.file)) as tmp:
-            builder(bundle.path(plan.onnx.file), plan, cache, tmp)
-        seconds = time.perf_counter() - start
-        entry = plan.entry(seconds)
-        bundle = _record(bundle, entry)
-        size = bundle.manifest.files[entry.file].bytes
-        results.append(BuildResult(entry, reused=False, seconds=seconds, bytes=size))
+                tqdm.write(f"making fp16 models for {', '.join(missing)} (strongly typed TensorRT)")
+            make_fp16_models(tx, missing)
+            tx.commit()
+        plans = plan_engines(tx.bundle, request, platform)
+        cache = timing_cache or default_timing_cache(tx.root, platform)
+        results = []
+        for plan in _progress(plans, progress):
+            current = None if force else _is_current(tx.bundle, plan)
+            if current is not None:
+                size = tx.bundle.manifest.files[current.file].bytes
+                results.append(BuildResult(current, reused=True, seconds=0.0, bytes=size))
+                continue
+            tx.bundle.verify(list(plan.onnx.files))
+            start = time.perf_counter()
+            builder(tx.bundle.path(plan.onnx.file), plan, cache, tx.path(plan.file))
+            seconds = time.perf_counter() - start
+            entry = plan.entry(seconds)
+            tx.put_engine(entry)
+            tx.commit()  # each finished engine is kept, whatever happens to the next
+            size = tx.bundle.manifest.files[entry.file].bytes
+            results.append(BuildResult(entry, reused=False, seconds=seconds, bytes=size))
     return results
-
-
-def _record(bundle: Bundle, entry: EngineEntry) -> Bundle:
-    """Write `entry` into the manifest in place of any engine in the same file (same
-    component, precision and flavour); return the bundle as it now reads."""
-    others = tuple(e for e in bundle.manifest.engines if e.file != entry.file)
-    manifest = with_files(bundle.manifest, bundle.root, [entry.file])
-    manifest = replace(manifest, engines=(*others, entry))
-    write_manifest(bundle.root, manifest)
-    return Bundle(bundle.root, manifest)
 
 
 def _progress(plans: list[EnginePlan], enabled: bool):

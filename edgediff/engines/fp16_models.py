@@ -11,20 +11,13 @@ user has to re-export.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
+from edgediff.bundle.edit import BundleEdit
+from edgediff.bundle.reader import Bundle
+from edgediff.bundle.schema import ModelEntry, TensorSpec
 from edgediff.errors import EngineError
-from edgediff.runtime.bundle import (
-    Bundle,
-    ModelEntry,
-    TensorSpec,
-    with_files,
-    with_model,
-    write_manifest,
-)
-from edgediff.runtime.files import atomic_model_path
 from edgediff.runtime.tokenizer import PromptTokenizer
 
 CHECK_SEED = 0
@@ -40,11 +33,10 @@ def fp16_file(component: str) -> str:
     return f"{component}/model.fp16.onnx"
 
 
-def make_fp16_models(bundle_root: str | Path, components: list[str]) -> Bundle:
-    """Convert, check and record an fp16 model for each of `components`; return the bundle.
+def make_fp16_models(tx: BundleEdit, components: list[str]) -> None:
+    """Convert, check and stage an fp16 model for each of `components` in the edit `tx`.
 
-    Each model is written under a temporary name and renamed only once it passed its check;
-    the manifest is written once, after all of them.
+    A model that fails its check raises, and the edit then drops everything it staged.
     """
     try:
         from edgediff.graphs.compare import cpu_session, errors, verification
@@ -55,8 +47,7 @@ def make_fp16_models(bundle_root: str | Path, components: list[str]) -> Bundle:
             f"making fp16 models for a strongly typed TensorRT needs onnx ({e.name} is missing)",
             "pip install 'edgediff[quant]' (or export the bundle with --fp16)",
         ) from None
-    bundle = Bundle.open(bundle_root)
-    manifest, written = bundle.manifest, []
+    bundle = tx.bundle
     for component in components:
         source = bundle.model(component, "fp32")
         bundle.verify(list(source.files))
@@ -65,26 +56,26 @@ def make_fp16_models(bundle_root: str | Path, components: list[str]) -> Bundle:
         expected = [reference.run(None, case) for case in cases]
         del reference
         rel = fp16_file(component)
-        with atomic_model_path(bundle.path(rel)) as staged:
-            external = convert_to_fp16(
-                bundle.path(source.file), staged, upcast_attention=_upcast_attention(bundle)
+        staged = tx.path(rel)
+        external = convert_to_fp16(
+            bundle.path(source.file), staged, upcast_attention=_upcast_attention(bundle)
+        )
+        session = cpu_session(staged)
+        checks = tuple(
+            errors(session.run(None, case), want, case)
+            for case, want in zip(cases, expected, strict=True)
+        )
+        del session
+        result = verification(checks, "fp16", reference=f"fp32 ONNX ({source.file})")
+        if not result.passed:
+            raise EngineError(
+                f"the fp16 {component} differs from its fp32 model by "
+                f"{result.max_rel_error:.3g} (relative; tolerance {result.rel_tolerance:g}), "
+                "so fp16 is not safe for it",
+                "Build --precision int8 or fp8 from Q/DQ models, or use classic TensorRT "
+                "8.6/10, which keeps fp32 where fp16 would overflow",
             )
-            session = cpu_session(staged)
-            checks = tuple(
-                errors(session.run(None, case), want, case)
-                for case, want in zip(cases, expected, strict=True)
-            )
-            del session
-            result = verification(checks, "fp16", reference=f"fp32 ONNX ({source.file})")
-            if not result.passed:
-                raise EngineError(
-                    f"the fp16 {component} differs from its fp32 model by "
-                    f"{result.max_rel_error:.3g} (relative; tolerance {result.rel_tolerance:g}), "
-                    "so fp16 is not safe for it",
-                    "Build --precision int8 or fp8 from Q/DQ models, or use classic TensorRT "
-                    "8.6/10, which keeps fp32 where fp16 would overflow",
-                )
-            inputs, outputs = io_specs(staged)
+        inputs, outputs = io_specs(staged)
         extra = tuple(f"{component}/{p.name}" for p in external)
         entry = ModelEntry(
             file=rel,
@@ -94,11 +85,7 @@ def make_fp16_models(bundle_root: str | Path, components: list[str]) -> Bundle:
             external_data=extra,
             verification=result,
         )
-        manifest = with_model(manifest, component, entry)
-        written += [rel, *extra]
-    manifest = with_files(manifest, bundle.root, written)
-    write_manifest(bundle.root, manifest)
-    return Bundle(bundle.root, manifest)
+        tx.put_model(component, entry)
 
 
 def _upcast_attention(bundle: Bundle) -> bool:

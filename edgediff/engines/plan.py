@@ -12,6 +12,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgediff.bundle.engine_compat import Platform, sm_of
+from edgediff.bundle.flavours import Toolkit
+from edgediff.bundle.reader import Bundle
+from edgediff.bundle.schema import QUANTIZED_PRECISIONS, EngineEntry, ModelEntry
 from edgediff.engines.profiles import (
     PROFILED_COMPONENTS,
     Profile,
@@ -21,12 +25,9 @@ from edgediff.engines.profiles import (
     dim_spans,
 )
 from edgediff.errors import EngineError, InputError
-from edgediff.runtime.bundle import Bundle, EngineEntry, ModelEntry
-from edgediff.runtime.engine_compat import Platform, sm_of
-from edgediff.runtime.tensorrt_flavours import Toolkit
 
 PRECISIONS = ("fp16", "int8", "fp8", "best")
-QDQ_PRECISIONS = ("int8", "fp8")
+QDQ_PRECISIONS = QUANTIZED_PRECISIONS
 FP8_MIN_SM = 89  # FP8 tensor cores: Ada (8.9) and Hopper (9.0) onwards; Orin (8.7) has none
 TURING_SM = 75  # TensorRT-RTX builds neither INT8 nor FP32 matrix multiplies for Turing
 STRONGLY_TYPED_MIN_MAJOR = 10  # the first classic TensorRT with strongly typed networks

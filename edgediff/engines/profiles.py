@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgediff.bundle.schema import ModelConfig, TensorSpec
 from edgediff.errors import InputError
-from edgediff.runtime.bundle import ModelConfig, TensorSpec
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgediff.bundle.engine_compat import Platform
+from edgediff.bundle.files import atomic_write_bytes
 from edgediff.engines.plan import EnginePlan
 from edgediff.errors import BackendError, EngineError
 from edgediff.runtime.backends.tensorrt import platform_of
 from edgediff.runtime.cuda import Cuda, import_cudart
-from edgediff.runtime.engine_compat import Platform
-from edgediff.runtime.files import atomic_write_bytes
 from edgediff.runtime.tensorrt_flavours import import_tensorrt, rtx_targets, toolkit_of
 
 MB = 1 << 20

@@ -2,79 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import shutil
-import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgediff.bundle.edit import BundleEdit, check_destination, create
+from edgediff.bundle.schema import COMPONENTS, Component, Manifest, ModelEntry
 from edgediff.errors import ExportError
-from edgediff.runtime.bundle import (
-    MANIFEST,
-    Component,
-    Manifest,
-    ModelEntry,
-    file_record,
-    write_manifest,
-)
-from edgediff.runtime.files import atomic_write_text
-
-_FORCE_FIX = "Choose another folder, or pass --force to replace it"
-
-
-def _check_destination(bundle: Path, force: bool) -> None:
-    """Refuse a destination that holds anything but (with force) an earlier bundle."""
-    if bundle.exists() and not bundle.is_dir():
-        raise ExportError(f"bundle destination '{bundle}' is a file", "Choose a folder path")
-    if not bundle.is_dir() or not any(bundle.iterdir()):
-        return
-    if not force:
-        raise ExportError(f"bundle folder '{bundle}' already exists and is not empty", _FORCE_FIX)
-    if not (bundle / MANIFEST).is_file():
-        # --force replaces an earlier bundle; it must never wipe an unrelated folder.
-        raise ExportError(
-            f"'{bundle}' is not empty and has no {MANIFEST}, so it is not a bundle that --force "
-            "may replace",
-            "Choose another folder, or empty this one yourself",
-        )
-
-
-def _move_into_place(tmp: Path, bundle: Path, force: bool) -> None:
-    """Rename the finished temporary folder to `bundle`, replacing an old bundle only now."""
-    _check_destination(bundle, force)  # again: the folder may have changed during the export
-    if bundle.is_dir() and not any(bundle.iterdir()):
-        bundle.rmdir()
-    if not bundle.exists():
-        os.rename(tmp, bundle)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.old-", dir=bundle.parent))
-    os.rename(bundle, old / bundle.name)
-    try:
-        os.rename(tmp, bundle)
-    except BaseException:
-        # Put the old bundle back; if even that fails it stays recoverable in `old`.
-        os.rename(old / bundle.name, bundle)
-        old.rmdir()
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _staging(bundle: Path, force: bool) -> Iterator[Path]:
-    """A temporary sibling `.NAME.tmp-XXXX`: becomes `bundle` on success, vanishes otherwise."""
-    bundle.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.tmp-", dir=bundle.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; bundles are meant to be shared
-        _move_into_place(tmp, bundle, force)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _available_cpus() -> int:
@@ -103,12 +41,10 @@ def model_index() -> dict[str, Any]:
     }
 
 
-def _write_side_files(root: Path, ckpt: Any) -> None:
+def _write_side_files(tx: BundleEdit, ckpt: Any) -> None:
     """model_index.json, the DDIM scheduler config, each component's config.json (for optimum)."""
-    atomic_write_text(root / "model_index.json", json.dumps(model_index(), indent=2) + "\n")
-    atomic_write_text(
-        root / "scheduler" / "scheduler_config.json", json.dumps(ckpt.scheduler, indent=2) + "\n"
-    )
+    tx.write_file("model_index.json", json.dumps(model_index(), indent=2) + "\n")
+    tx.write_file("scheduler/scheduler_config.json", json.dumps(ckpt.scheduler, indent=2) + "\n")
     sources = {
         "text_encoder": "text_encoder",
         "unet": "unet",
@@ -116,7 +52,7 @@ def _write_side_files(root: Path, ckpt: Any) -> None:
         "vae_encoder": "vae",
     }
     for component, source in sources.items():
-        atomic_write_text(root / component / "config.json", ckpt.configs[source])
+        tx.write_file(f"{component}/config.json", ckpt.configs[source])
 
 
 def _entry(result: Any, verify: bool) -> ModelEntry:
@@ -144,7 +80,7 @@ def _entry(result: Any, verify: bool) -> ModelEntry:
 
 
 def _export_into(
-    root: Path,
+    tx: BundleEdit,
     checkpoint: Path,
     *,
     fp16: bool,
@@ -153,22 +89,23 @@ def _export_into(
     verify: bool,
     progress: bool,
     workers: int,
-) -> Manifest:
+) -> None:
     import numpy as np
     from tqdm.auto import tqdm
 
     from edgediff.export.checkpoint import checkpoint_sha256, load_checkpoint
-    from edgediff.export.components import COMPONENTS, VERIFY_PROMPTS, verification_inputs
+    from edgediff.export.components import VERIFY_PROMPTS, verification_inputs
     from edgediff.export.tokenizer import encode_like_transformers, write_tokenizer
     from edgediff.export.workers import SCRATCH, ComponentJob, Helper, run_job
 
     ckpt = load_checkpoint(checkpoint)
-    geo = ckpt.geometry
+    geo = ckpt.model
+    root = tx.staging  # the helper process writes its model there too
     # The cheap files first, so a tokenizer problem surfaces before minutes of tracing.
-    tokenizer = write_tokenizer(ckpt.tokenizer, checkpoint / "tokenizer", root, geo.max_length)
-    _write_side_files(root, ckpt)
+    tokenizer = write_tokenizer(ckpt.tokenizer, checkpoint / "tokenizer", root, geo.max_text_length)
+    _write_side_files(tx, ckpt)
     prompt_ids = [
-        np.array(encode_like_transformers(ckpt.tokenizer, list(p), geo.max_length))
+        np.array(encode_like_transformers(ckpt.tokenizer, list(p), geo.max_text_length))
         for p in VERIFY_PROMPTS
     ]
     half = {"text_encoder": fp16, "unet": fp16, "vae_decoder": fp16_vae, "vae_encoder": fp16_vae}
@@ -178,7 +115,7 @@ def _export_into(
             component=c,
             checkpoint=str(checkpoint),
             bundle_root=str(root),
-            geometry=geo,
+            model=geo,
             precision="fp16" if half[c] else "fp32",
             opset=opset,
             cases=tuple(verification_inputs(c, geo, prompt_ids)) if verify else (),
@@ -221,24 +158,21 @@ def _export_into(
         if helper is not None:
             helper.stop()
     shutil.rmtree(root / SCRATCH, ignore_errors=True)
-    files = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.name != MANIFEST
+    tx.set_manifest(
+        Manifest(
+            model=ckpt.model,
+            scheduler=ckpt.scheduler,
+            tokenizer=tokenizer,
+            components={
+                c: Component(
+                    default=entries[c].precision, models={entries[c].precision: entries[c]}
+                )
+                for c in COMPONENTS
+            },
+            files={},  # every file written is hashed in when the edit commits
+            source=source,
+        )
     )
-    manifest = Manifest(
-        model=ckpt.model,
-        scheduler=ckpt.scheduler,
-        tokenizer=tokenizer,
-        components={
-            c: Component(default=entries[c].precision, models={entries[c].precision: entries[c]})
-            for c in COMPONENTS
-        },
-        files={rel: file_record(root, rel) for rel in files},
-        source=source,
-    )
-    write_manifest(root, manifest)  # last: a folder with a manifest is a finished bundle
-    return manifest
 
 
 def export_checkpoint(
@@ -257,13 +191,13 @@ def export_checkpoint(
     from edgediff.export.checkpoint import check_checkpoint
 
     checkpoint, bundle = Path(checkpoint_dir), Path(bundle_dir)
-    _check_destination(bundle, force)
+    check_destination(bundle, force)
     check_checkpoint(checkpoint)  # the cheap checks, before any folder is created
     if workers is None:
         workers = 2 if _available_cpus() >= 2 else 1
-    with _staging(bundle, force) as tmp:
-        manifest = _export_into(
-            tmp,
+    with create(bundle, "edgediff export", force) as tx:
+        _export_into(
+            tx,
             checkpoint,
             fp16=fp16,
             fp16_vae=fp16_vae,
@@ -278,4 +212,4 @@ def export_checkpoint(
             UserWarning,
             stacklevel=2,
         )
-    return manifest
+    return tx.manifest

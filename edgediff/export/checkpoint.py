@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgediff.bundle.schema import ModelConfig
 from edgediff.errors import ExportError
-from edgediff.export.components import SOURCE, Geometry
-from edgediff.export.quiet import captured_output, first_line
-from edgediff.runtime.bundle import ModelConfig
+from edgediff.export.components import SOURCE
+from edgediff.quiet import captured_output, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +40,6 @@ class LoadedCheckpoint:
 
     path: Path
     model: ModelConfig
-    geometry: Geometry
     scheduler: dict[str, Any]
     tokenizer: Any
     modules: dict[str, torch.nn.Module]  # "vae", "text_encoder" (the U-Net loads where exported)
@@ -236,14 +235,6 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         text_embed_dim=int(unet.cross_attention_dim),
         unet_scale_factor=unet_factor,
     )
-    geometry = Geometry(
-        latent_channels=model.latent_channels,
-        unet_factor=unet_factor,
-        vae_factor=vae_factor,
-        sample_size=model.sample_size,
-        max_length=max_length,
-        cross_dim=model.text_embed_dim,
-    )
     configs = {
         "unet": pipe.unet.to_json_string(),
         "vae": pipe.vae.to_json_string(),
@@ -252,7 +243,6 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     return LoadedCheckpoint(
         path=path,
         model=model,
-        geometry=geometry,
         scheduler=scheduler,
         tokenizer=tokenizer,
         modules=modules,

@@ -11,35 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
-COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+from edgediff.bundle.schema import ModelConfig
 
 # torch.export specialises dims whose example size is 1, so examples use batch 2; diffusers'
 # Upsample2D branches on `batch >= 64`, which a bounded batch Dim decides at trace time (the
 # branch only adds a .contiguous(), so the exported graph is valid for any batch).
 EXAMPLE_BATCH = 2
 MAX_TRACE_BATCH = 32
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """The sizes that shape every component's inputs."""
-
-    latent_channels: int
-    unet_factor: int  # latents must be a multiple of this (2 ** number of U-Net downsamplings)
-    vae_factor: int  # pixels per latent
-    sample_size: int  # the U-Net's default latent size
-    max_length: int  # text tokens, static
-    cross_dim: int  # text embedding width the U-Net attends to
-
-    @property
-    def default_latent(self) -> int:
-        """The default latent size rounded down to a multiple the U-Net accepts."""
-        return max(self.unet_factor, self.sample_size // self.unet_factor * self.unet_factor)
-
-    def other_latent(self) -> tuple[int, int]:
-        """A second, non-square latent size (height, width) for verification."""
-        f = self.unet_factor
-        return max(f, self.default_latent // 2 // f * f), self.default_latent + f
 
 
 @dataclass(frozen=True)
@@ -150,7 +128,7 @@ def wrap(component: str, model: torch.nn.Module) -> torch.nn.Module:
     return _WRAPPERS[component](model.eval()).eval()
 
 
-def dynamic_shapes(component: str, geo: Geometry) -> dict[str, Any]:
+def dynamic_shapes(component: str, geo: ModelConfig) -> dict[str, Any]:
     """torch.export dynamic shapes: batch and spatial axes free (multiples where needed)."""
     from torch.export import Dim
 
@@ -160,35 +138,35 @@ def dynamic_shapes(component: str, geo: Geometry) -> dict[str, Any]:
     if component == "unet":
         # The U-Net concatenates skip connections, so latents must divide by its downsampling.
         h, w = Dim("latent_h", min=1), Dim("latent_w", min=1)
-        sample = {0: batch, 2: geo.unet_factor * h, 3: geo.unet_factor * w}
+        sample = {0: batch, 2: geo.unet_scale_factor * h, 3: geo.unet_scale_factor * w}
         return {"sample": sample, "timestep": None, "encoder_hidden_states": {0: batch}}
     if component == "vae_decoder":
         latent = {0: batch, 2: Dim("latent_height", min=1), 3: Dim("latent_width", min=1)}
         return {"latent_sample": latent}
     h, w = Dim("latent_height", min=1), Dim("latent_width", min=1)
-    return {"sample": {0: batch, 2: geo.vae_factor * h, 3: geo.vae_factor * w}}
+    return {"sample": {0: batch, 2: geo.vae_scale_factor * h, 3: geo.vae_scale_factor * w}}
 
 
-def example_inputs(component: str, geo: Geometry) -> tuple[torch.Tensor, ...]:
+def example_inputs(component: str, geo: ModelConfig) -> tuple[torch.Tensor, ...]:
     """Inputs to trace with: batch 2 and distinct odd spatial factors, so no axis specialises."""
     b, c = EXAMPLE_BATCH, geo.latent_channels
     if component == "text_encoder":
-        return (torch.zeros(b, geo.max_length, dtype=torch.int64),)
+        return (torch.zeros(b, geo.max_text_length, dtype=torch.int64),)
     if component == "unet":
-        f = geo.unet_factor
+        f = geo.unet_scale_factor
         return (
             torch.randn(b, c, 3 * f, 5 * f),
             torch.tensor([500.0]),
-            torch.randn(b, geo.max_length, geo.cross_dim),
+            torch.randn(b, geo.max_text_length, geo.text_embed_dim),
         )
     if component == "vae_decoder":
         return (torch.randn(b, c, 3, 5),)
-    return (torch.rand(b, 3, 3 * geo.vae_factor, 5 * geo.vae_factor) * 2 - 1,)
+    return (torch.rand(b, 3, 3 * geo.vae_scale_factor, 5 * geo.vae_scale_factor) * 2 - 1,)
 
 
 def sample_inputs(
     component: str,
-    geo: Geometry,
+    geo: ModelConfig,
     batch: int,
     latent_hw: tuple[int, int],
     seed: int,
@@ -207,12 +185,12 @@ def sample_inputs(
             "sample": rng.standard_normal((batch, c, h, w), dtype=np.float32),
             "timestep": np.array([timestep], dtype=np.float32),
             "encoder_hidden_states": rng.standard_normal(
-                (batch, geo.max_length, geo.cross_dim), dtype=np.float32
+                (batch, geo.max_text_length, geo.text_embed_dim), dtype=np.float32
             ),
         }
     if component == "vae_decoder":
         return {"latent_sample": rng.standard_normal((batch, c, h, w), dtype=np.float32)}
-    shape = (batch, 3, h * geo.vae_factor, w * geo.vae_factor)
+    shape = (batch, 3, h * geo.vae_scale_factor, w * geo.vae_scale_factor)
     return {"sample": rng.uniform(-1.0, 1.0, shape).astype(np.float32)}
 
 
@@ -224,7 +202,7 @@ VERIFY_PROMPTS = (
 
 
 def verification_inputs(
-    component: str, geo: Geometry, prompt_ids: list[np.ndarray]
+    component: str, geo: ModelConfig, prompt_ids: list[np.ndarray]
 ) -> list[dict[str, np.ndarray]]:
     """The two checks export runs: batch 1 at the default size, batch 3 at another size."""
     default = (geo.default_latent, geo.default_latent)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgediff.bundle.schema import ModelConfig
 from edgediff.errors import ExportError
-from edgediff.export.components import IO, Geometry, dynamic_shapes, example_inputs
+from edgediff.export.components import IO, dynamic_shapes, example_inputs
 from edgediff.graphs.files import EXTERNAL_DATA_THRESHOLD, data_file
 
 if TYPE_CHECKING:
@@ -17,7 +18,9 @@ if TYPE_CHECKING:
 _WRAPPER_PREFIX = "model."
 
 
-def export_graph(wrapper: torch.nn.Module, component: str, geo: Geometry, opset: int) -> ir.Model:
+def export_graph(
+    wrapper: torch.nn.Module, component: str, geo: ModelConfig, opset: int
+) -> ir.Model:
     """Trace `wrapper` with torch.export (dynamic batch/spatial axes); return cleaned ONNX IR."""
     import torch
 

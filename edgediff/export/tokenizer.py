@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from edgediff.bundle.files import atomic_path, atomic_write_text
+from edgediff.bundle.schema import TokenizerConfig
 from edgediff.errors import ExportError
-from edgediff.runtime.bundle import TokenizerConfig
-from edgediff.runtime.files import atomic_path, atomic_write_text
 
 TOKENIZER_JSON = "tokenizer/tokenizer.json"
 

@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgediff.bundle.schema import ModelConfig, TensorSpec
 from edgediff.errors import EdgediffError, ExportError
-from edgediff.export.components import Geometry
-from edgediff.export.quiet import captured_output, first_line
-from edgediff.runtime.bundle import TensorSpec
+from edgediff.quiet import captured_output, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +41,7 @@ class ComponentJob:
     component: str
     checkpoint: str
     bundle_root: str  # the temporary bundle folder
-    geometry: Geometry
+    model: ModelConfig
     precision: str  # "fp32" or "fp16"
     opset: int
     cases: tuple[dict[str, np.ndarray], ...] = ()  # empty: no verification
@@ -101,7 +100,7 @@ def export_component(
         torch.set_num_threads(job.threads)
     try:
         try:
-            graph = export_graph(wrapper, job.component, job.geometry, job.opset)
+            graph = export_graph(wrapper, job.component, job.model, job.opset)
         except EdgediffError:
             raise
         except Exception as e:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgediff import tolerances
-from edgediff.runtime.bundle import Verification
+from edgediff.bundle.schema import Verification
 
 if TYPE_CHECKING:
     import onnxruntime

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgediff.runtime.bundle import TensorSpec
+from edgediff.bundle.schema import TensorSpec
 
 if TYPE_CHECKING:
     import onnx

@@ -21,13 +21,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from edgediff.bench.evaluator import EVALUATOR_ONNX, INPUT_NAME, OUTPUT_NAMES, Evaluator
-from edgediff.bench.metrics import attribute_accuracy
+from edgediff.bundle.files import atomic_path
+from edgediff.data import shapes
 from edgediff.errors import ExportError
-from edgediff.export.quiet import captured_output
-from edgediff.models import shapes
+from edgediff.metrics.evaluator import EVALUATOR_ONNX, INPUT_NAME, OUTPUT_NAMES, Evaluator
+from edgediff.metrics.quality import attribute_accuracy
 from edgediff.models.training.loop import cosine_lr
-from edgediff.runtime.files import atomic_path
+from edgediff.quiet import captured_output
 from edgediff.tolerances import EVALUATOR_ATOL
 
 FEATURE_DIM = 128

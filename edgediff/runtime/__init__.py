@@ -1,6 +1,6 @@
 """The lean runtime: numpy + tokenizers + one backend; no torch, diffusers or transformers."""
 
-from edgediff.runtime.bundle import Bundle
+from edgediff.bundle.reader import Bundle
 from edgediff.runtime.pipeline import Pipeline
 
 __all__ = ["Bundle", "Pipeline"]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from edgediff.runtime.bundle import Bundle, EngineEntry, ModelEntry, TensorSpec
-from edgediff.runtime.tensorrt_flavours import describe
+from edgediff.bundle.flavours import describe
+from edgediff.bundle.reader import Bundle
+from edgediff.bundle.schema import EngineEntry, ModelEntry, TensorSpec
 
 
 def _table(header: list[str] | None, rows: list[list[str]]) -> str:
@@ -39,12 +40,9 @@ def _check(entry: ModelEntry) -> str:
             f"rel {v.max_rel_error:.1e} (tol {v.rel_tolerance:.0e})"
         )
     if q is not None:
-        # The quantisation record is free-form: show what of it reads as expected.
-        psnr, kept = q.get("psnr_db"), q.get("kept_in_float")
-        psnr_text = f"{psnr:.1f} dB" if isinstance(psnr, int | float) else "? dB"
-        n = len(kept) if isinstance(kept, list) else "?"
+        n = len(q.kept_in_float)
         return (
-            f"vs fp32: {psnr_text} PSNR of {q.get('measured_on', 'outputs')}, "
+            f"vs fp32: {q.psnr_db:.1f} dB PSNR of {q.measured_on}, "
             f"{n} layer{'s' * (n != 1)} kept in float"
         )
     return "not verified"

@@ -1,12 +1,15 @@
-"""Classifier-free guidance as pure array math."""
+"""Classifier-free guidance as pure array math, and the guided denoiser a sampler walks with."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-# The default scale, picked for the shipped shapes model on prompts `edgediff eval` does not
-# report (see README, "The shipped model").
-DEFAULT_GUIDANCE = 3.0
+from edgediff.runtime.samplers import Denoiser
+
+# (sample, timestep, text embeddings) -> noise prediction: one U-Net call.
+NoisePredictor = Callable[[np.ndarray, int, np.ndarray], np.ndarray]
 
 
 def is_guided(guidance_scale: float) -> bool:
@@ -20,3 +23,16 @@ def guided(noise_pred: np.ndarray, guidance_scale: float) -> np.ndarray:
         return noise_pred
     eps_uncond, eps_cond = np.split(noise_pred, 2, axis=0)
     return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
+def cfg_denoiser(unet: NoisePredictor, cond: np.ndarray, guidance_scale: float) -> Denoiser:
+    """The guided denoiser: one U-Net call on [x; x] against [uncond; cond], then `guided`.
+
+    `cond` holds the unconditional embeddings first when guided, as Pipeline.encode makes them.
+    """
+
+    def denoise(x: np.ndarray, t: int) -> np.ndarray:
+        sample = np.concatenate([x, x]) if is_guided(guidance_scale) else x
+        return guided(unet(sample, t, cond), guidance_scale)
+
+    return denoise

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edgediff.runtime.files import atomic_path
+from edgediff.bundle.files import atomic_path
 
 
 def to_images(decoded: np.ndarray) -> np.ndarray:

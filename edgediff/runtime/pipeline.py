@@ -11,13 +11,16 @@ from typing import Any
 
 import numpy as np
 
+from edgediff.bundle.engine_compat import require_compatible
+from edgediff.bundle.reader import Bundle
+from edgediff.bundle.schema import REQUIRED_COMPONENTS, ModelEntry
 from edgediff.errors import BundleError, InputError
 from edgediff.runtime import request_checks as checks
 from edgediff.runtime.backends import Backend, Session, get_backend
-from edgediff.runtime.bundle import Bundle, ModelEntry
-from edgediff.runtime.engine_compat import require_compatible
-from edgediff.runtime.guidance import DEFAULT_GUIDANCE, guided, is_guided
+from edgediff.runtime.guidance import cfg_denoiser, is_guided
 from edgediff.runtime.images import to_images, to_pil
+from edgediff.runtime.request import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS
+from edgediff.runtime.samplers import sample_ddim
 from edgediff.runtime.schedulers import DDIMScheduler
 from edgediff.runtime.tensorrt_flavours import installed_flavours
 from edgediff.runtime.tokenizer import PromptTokenizer
@@ -26,7 +29,7 @@ from edgediff.runtime.tokenizer import PromptTokenizer
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "assets" / "default-bundle"
 
 OUTPUT_TYPES = ("pil", "np", "latent")
-PIPELINE_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+PIPELINE_COMPONENTS = REQUIRED_COMPONENTS  # the denoising pipeline runs exactly these
 
 
 def _entry(bundle: Bundle, component: str, precision: str | None) -> ModelEntry:
@@ -74,6 +77,20 @@ def default_bundle() -> Path:
             "`edgediff export CKPT DIR`)",
         )
     return DEFAULT_BUNDLE
+
+
+# feeds by input name -> outputs by output name: one call of a component's model.
+ModelCall = Callable[..., dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Models:
+    """The three model calls one generation makes. Pipeline.models runs the loaded sessions;
+    wrap or replace one (dataclasses.replace) to record its inputs or try another model."""
+
+    text_encoder: ModelCall
+    unet: ModelCall
+    vae_decoder: ModelCall
 
 
 @dataclass
@@ -177,21 +194,34 @@ class Pipeline:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------ small named helpers
+    # ------------------------------------------------------------ the models and the steps
 
-    def _run(self, component: str, **feeds: np.ndarray) -> dict[str, np.ndarray]:
-        start = time.perf_counter()
-        out = self.sessions[component].run(feeds)
-        self.last_timings.add(component, time.perf_counter() - start)
-        return out
+    @property
+    def models(self) -> Models:
+        """The loaded sessions as model calls, each timed into last_timings."""
+        return Models(**{name: self._timed(name) for name in PIPELINE_COMPONENTS})
+
+    def _timed(self, component: str) -> ModelCall:
+        def run(**feeds: np.ndarray) -> dict[str, np.ndarray]:
+            start = time.perf_counter()
+            out = self.sessions[component].run(feeds)
+            self.last_timings.add(component, time.perf_counter() - start)
+            return out
+
+        return run
 
     def encode(
-        self, prompts: list[str], negative_prompts: list[str] | None, per_prompt: int
+        self,
+        prompts: list[str],
+        negative_prompts: list[str] | None,
+        per_prompt: int,
+        models: Models | None = None,
     ) -> np.ndarray:
         """Text embeddings for the U-Net: [uncond; cond] (each repeated per image) when guided."""
         texts = prompts if negative_prompts is None else negative_prompts + prompts
         ids = self.tokenizer(texts)
-        embeddings = self._run("text_encoder", input_ids=ids)["last_hidden_state"]
+        run = (models or self.models).text_encoder
+        embeddings = run(input_ids=ids)["last_hidden_state"]
         # Image i of prompt p sits at p * per_prompt + i, as in diffusers.
         cond = np.repeat(embeddings.astype(np.float32), per_prompt, axis=0)
         cond.flags.writeable = False  # lets device backends keep it on the GPU for every step
@@ -206,21 +236,27 @@ class Pipeline:
         noise = rng.standard_normal(shape, dtype=np.float32)
         return noise * np.float32(self.scheduler.init_noise_sigma)
 
-    def unet(self, latents: np.ndarray, t: int, cond: np.ndarray, guidance_scale: float):
-        """One U-Net call (on [x; x] when guided) and the guided noise prediction."""
-        sample = np.concatenate([latents, latents]) if is_guided(guidance_scale) else latents
-        out = self._run(
-            "unet",
-            sample=sample,
-            timestep=np.array([t], dtype=np.float32),
-            encoder_hidden_states=cond,
-        )["out_sample"]
-        return guided(out.astype(np.float32), guidance_scale)
+    def denoiser(
+        self, cond: np.ndarray, guidance_scale: float, models: Models | None = None
+    ) -> Callable[[np.ndarray, int], np.ndarray]:
+        """The guided U-Net as a function of (latents, timestep), for a sampler to walk with."""
+        run = (models or self.models).unet
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
+        def noise_prediction(sample: np.ndarray, t: int, embeddings: np.ndarray) -> np.ndarray:
+            out = run(
+                sample=sample,
+                timestep=np.array([t], dtype=np.float32),
+                encoder_hidden_states=embeddings,
+            )["out_sample"]
+            return out.astype(np.float32)
+
+        return cfg_denoiser(noise_prediction, cond, guidance_scale)
+
+    def decode(self, latents: np.ndarray, models: Models | None = None) -> np.ndarray:
         """Latents -> float images NHWC in [0, 1]."""
         z = latents / np.float32(self.config.scaling_factor)
-        return to_images(self._run("vae_decoder", latent_sample=z)["sample"])
+        run = (models or self.models).vae_decoder
+        return to_images(run(latent_sample=z)["sample"])
 
     # ------------------------------------------------------------ the call
 
@@ -228,9 +264,9 @@ class Pipeline:
         self,
         prompt: str | Sequence[str],
         negative_prompt: str | Sequence[str] | None = None,
-        num_inference_steps: int = 8,
+        num_inference_steps: int = DEFAULT_STEPS,
         guidance_scale: float = DEFAULT_GUIDANCE,
-        eta: float = 0.0,
+        eta: float = DEFAULT_ETA,
         height: int | None = None,
         width: int | None = None,
         num_images_per_prompt: int = 1,
@@ -239,10 +275,12 @@ class Pipeline:
         output_type: str = "pil",
         progress: bool = False,
         callback: Callable[[int, int, np.ndarray], Any] | None = None,
+        models: Models | None = None,
     ) -> Any:
         """Generate images. Returns PIL images, float32 N×H×W×3 in [0, 1] ("np") or latents.
 
-        `callback(step, num_steps, latents)` runs after each denoising step.
+        `callback(step, num_steps, latents)` runs after each denoising step. `models` replaces
+        the loaded model calls (default: self.models), e.g. to record what each one is fed.
         """
         prompts = checks.prompts(prompt, "prompt")
         n = checks.integer(num_images_per_prompt, "num_images_per_prompt", 1)
@@ -257,6 +295,8 @@ class Pipeline:
             raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if callback is not None and not callable(callback):
             raise InputError(f"callback must be callable or None, got {callback!r}")
+        if models is not None and not isinstance(models, Models):
+            raise InputError(f"models must be a Models or None, got {type(models).__name__}")
         height, width = self._check_size(latents, height, width)
         checks.fits_in_memory(
             len(prompts) * n,
@@ -286,19 +326,23 @@ class Pipeline:
         start = time.perf_counter()
         rng = np.random.default_rng(seed)
 
-        cond = self.encode(prompts, negatives, n)
+        models = models or self.models
+        cond = self.encode(prompts, negatives, n, models)
         if latents is None:
             x = self.initial_latents(len(prompts) * n, height, width, rng)
         else:
             x = latents * np.float32(self.scheduler.init_noise_sigma)
-        timesteps = self.scheduler.timesteps(num_inference_steps)
-        for i, t in enumerate(_progress(timesteps, progress)):
-            eps = self.unet(x, int(t), cond, guidance_scale)
-            noise = rng.standard_normal(x.shape, dtype=np.float32) if eta > 0 else None
-            x = self.scheduler.step(eps, int(t), x, num_inference_steps, eta=eta, noise=noise)
-            if callback is not None:
-                callback(i, len(timesteps), x)
-        result = x if output_type == "latent" else self.decode(x)
+        x = sample_ddim(
+            self.denoiser(cond, guidance_scale, models),
+            x,
+            self.scheduler,
+            num_inference_steps,
+            eta=eta,
+            rng=rng,
+            callback=callback,
+            progress=_progress if progress else None,
+        )
+        result = x if output_type == "latent" else self.decode(x, models)
         self.last_timings.total = time.perf_counter() - start
         return to_pil(result) if output_type == "pil" else result
 
@@ -330,9 +374,7 @@ class Pipeline:
         return height, width
 
 
-def _progress(timesteps: np.ndarray, enabled: bool):
-    if not enabled:
-        return timesteps
+def _progress(timesteps: np.ndarray) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(timesteps, desc="denoising", unit="step", leave=False)

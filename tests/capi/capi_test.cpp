@@ -2,13 +2,15 @@
 //   capi_test pixels BUNDLE OUT.bin PROMPT SEED STEPS COUNT   raw RGB8 of one request
 //   capi_test errors BUNDLE CORRUPT_BUNDLE                     each failure's status + message
 //   capi_test threads BUNDLE                                   concurrent == sequential
-//   capi_test time BUNDLE RUNS                                 seconds per 8-step image
+//   capi_test time BUNDLE RUNS                                 seconds per default image
+//   capi_test defaults BUNDLE                                  C, C++ and steps/count-0 defaults
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iomanip>
 #include <iostream>
 #include <string>
 #include <thread>
@@ -123,8 +125,8 @@ int errors(char **argv) {
            std::string("cancel at step 3: ") + edgediff_last_error(pipe));
     counter = Counter{0, 1000};
     status = edgediff_generate(pipe, &request, &image);
-    expect(status == EDGEDIFF_OK && counter.calls == 8 && *edgediff_last_error(pipe) == '\0',
-           "progress reaches 8/8 and the handle works after a cancel");
+    expect(status == EDGEDIFF_OK && counter.calls == request.steps && *edgediff_last_error(pipe) == '\0',
+           "progress reaches the last step and the handle works after a cancel");
     edgediff_image_free(&image);
     edgediff_close(pipe);
 
@@ -167,6 +169,48 @@ int threads(char **argv) {
     return failures ? 1 : 0;
 }
 
+// One line per source of defaults, "NAME steps S guidance G seed N count C height H width W",
+// for tests/test_capi.py to compare with edgediff.runtime.request.
+void print_defaults(const char *name, int steps, float guidance, std::uint64_t seed, int count,
+                    int height, int width) {
+    std::cout << name << " steps " << steps << " guidance " << std::setprecision(9) << guidance
+              << " seed " << seed << " count " << count << " height " << height << " width "
+              << width << "\n";
+}
+
+struct Seen {
+    int steps = 0;
+};
+
+int record_steps(void *user, int, int steps) {
+    static_cast<Seen *>(user)->steps = steps;
+    return 0;
+}
+
+int defaults(char **argv) {
+    edgediff_request c = edgediff_request_defaults();
+    print_defaults("c", c.steps, c.guidance, c.seed, c.count, c.height, c.width);
+    edgediff::Request cpp;
+    print_defaults("cpp", cpp.steps, cpp.guidance, cpp.seed, cpp.count, cpp.height, cpp.width);
+    // 0 asks the library for its default; what it ran shows which default it took.
+    edgediff_pipeline *pipe = open_or_die(argv[2]);
+    Seen seen;
+    c.prompt = "a big red circle on the left";
+    c.steps = 0;
+    c.count = 0;
+    c.progress = record_steps;
+    c.progress_user = &seen;
+    edgediff_image image;
+    if (edgediff_generate(pipe, &c, &image) != EDGEDIFF_OK) {
+        std::cerr << "generate failed: " << edgediff_last_error(pipe) << "\n";
+        return 1;
+    }
+    std::cout << "zero steps " << seen.steps << " count " << image.count << "\n";
+    edgediff_image_free(&image);
+    edgediff_close(pipe);
+    return 0;
+}
+
 int time_it(char **argv) {
     edgediff::Pipeline pipeline(argv[2]);
     int runs = std::atoi(argv[3]);
@@ -191,6 +235,7 @@ int main(int argc, char **argv) {
     if (mode == "errors" && argc == 4) return errors(argv);
     if (mode == "threads" && argc == 3) return threads(argv);
     if (mode == "time" && argc == 4) return time_it(argv);
+    if (mode == "defaults" && argc == 3) return defaults(argv);
     std::cerr << "usage: see the top of tests/capi/capi_test.cpp\n";
     return 2;
 }

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from edgediff.models import shapes
+from edgediff.data import shapes
 from edgediff.models.training.loop import Stage, cosine_lr, run_stage
 from edgediff.models.training.recipes import ClipRecipe
 

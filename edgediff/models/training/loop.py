@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from edgediff.runtime.files import atomic_path
+from edgediff.bundle.files import atomic_path
 
 STATE_FILE = "state.pt"
 DONE_FILE = "done.pt"

@@ -11,11 +11,11 @@ import json
 import time
 from pathlib import Path
 
+from edgediff.bundle.files import atomic_write_text
 from edgediff.errors import InputError
 from edgediff.models.presets import build_random_pipeline, get_preset, save_pipeline
 from edgediff.models.training.loop import DONE_FILE
 from edgediff.models.training.recipes import Recipe, get_recipe
-from edgediff.runtime.files import atomic_write_text
 
 STAGES = ("vae", "clip", "unet")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgediff.models import shapes
+from edgediff.data import shapes
 from edgediff.models.training.clip import tokenize
 from edgediff.models.training.loop import EMA, Stage, cosine_lr, run_stage
 from edgediff.models.training.recipes import UnetRecipe

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from edgediff.models import shapes
+from edgediff.data import shapes
 from edgediff.models.training.loop import Stage, cosine_lr, run_stage
 from edgediff.models.training.recipes import VaeRecipe
 

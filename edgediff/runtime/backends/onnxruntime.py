@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgediff.bundle.schema import QUANTIZED_PRECISIONS
 from edgediff.errors import BackendError
 from edgediff.runtime.backends.base import unchanged
 
@@ -242,7 +243,7 @@ def provider_options(
         return {"device_id": str(device_id), "enable_cuda_graph": str(int(cuda_graph))}
     if provider == "TensorrtExecutionProvider":
         options = {"device_id": str(device_id)}
-        if precision not in ("int8", "fp8"):
+        if precision not in QUANTIZED_PRECISIONS:
             options["trt_fp16_enable"] = "True"
         # Q/DQ models get no precision flags: with TensorRT 10 the EP then builds a strongly
         # typed network that runs each layer in the type its Q/DQ pairs give it.

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from edgediff.bundle.engine_compat import Platform, require_in_profile
+from edgediff.bundle.files import atomic_write_bytes
 from edgediff.errors import BackendError
 from edgediff.runtime.backends.base import unchanged
 from edgediff.runtime.cuda import Cuda, handle
-from edgediff.runtime.engine_compat import Platform, require_in_profile
-from edgediff.runtime.files import atomic_write_bytes
 from edgediff.runtime.tensorrt_flavours import import_tensorrt, rtx_targets, toolkit_of
 
 _REBUILD = "Rebuild the bundle's engines on this device: edgediff build BUNDLE --force"

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgediff.models.shapes import ATTRIBUTES, Attributes
+from edgediff.data.shapes import ATTRIBUTES, Attributes
 
 if TYPE_CHECKING:
-    from edgediff.bench.evaluator import Readings
+    from edgediff.metrics.evaluator import Readings
 
 
 def psnr(actual: np.ndarray, reference: np.ndarray, peak: float | None = None) -> float:

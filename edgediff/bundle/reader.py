@@ -1,11 +1,7 @@
-"""The bundle: manifest schema, reader and writer; the only code that touches manifest.json.
+"""Opening a bundle: the only code that parses manifest.json, checks its paths and file hashes.
 
-A bundle is a folder laid out like diffusers'/optimum's ONNX pipelines:
-
-    manifest.json  model_index.json  scheduler/scheduler_config.json  tokenizer/...
-    text_encoder/model.onnx  unet/model.onnx  vae_decoder/model.onnx  vae_encoder/model.onnx
-
-Every file is listed in the manifest with its sha256 and size; paths never leave the folder.
+Every problem raises a BundleError naming the JSON path of the bad field or the bad file, and the
+command that restores it.
 """
 
 from __future__ import annotations
@@ -13,198 +9,24 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edgediff import __version__
+from edgediff.bundle.files import sha256_file
+from edgediff.bundle.flavours import title_of
+from edgediff.bundle.schema import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    REQUIRED_COMPONENTS,
+    Component,
+    EngineEntry,
+    Manifest,
+    ModelEntry,
+)
+from edgediff.bundle.typed_json import FieldError, decode
 from edgediff.errors import BundleError
-from edgediff.runtime.files import atomic_write_text, sha256_file
-from edgediff.runtime.tensorrt_flavours import title_of
-from edgediff.runtime.typed_json import FieldError, decode
-
-MANIFEST = "manifest.json"
-FORMAT = "edgediff-bundle"
-FORMAT_VERSION = 1
-COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
-REQUIRED_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One model input or output: name, numpy dtype name, shape with named symbolic dims."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
-
-@dataclass(frozen=True)
-class Verification:
-    """How a model compared with its reference (max errors over all checked shapes)."""
-
-    max_abs_error: float
-    max_rel_error: float
-    rel_tolerance: float
-    passed: bool
-    shapes: tuple[dict[str, Any], ...] = ()
-    # What it was compared with: the checkpoint's PyTorch module (export), or the bundle's
-    # fp32 model (fp16 models made by `edgediff build`).
-    reference: str = "PyTorch"
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One ONNX file of a component at one precision."""
-
-    file: str
-    precision: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    external_data: tuple[str, ...] = ()
-    verification: Verification | None = None
-    # For Q/DQ models: quantiser, settings, layers kept in float, measured accuracy.
-    quantization: dict[str, Any] | None = None
-
-    @property
-    def files(self) -> tuple[str, ...]:
-        """The ONNX file and its external data files."""
-        return (self.file, *self.external_data)
-
-
-@dataclass(frozen=True)
-class Component:
-    """A pipeline component: its models by precision and which one loads by default."""
-
-    default: str
-    models: dict[str, ModelEntry]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """What the runtime needs to know about the model family, beyond the graphs."""
-
-    latent_channels: int
-    scaling_factor: float
-    vae_scale_factor: int
-    sample_size: int
-    max_text_length: int
-    text_embed_dim: int
-    # The U-Net halves the latent (levels - 1) times; graphs are traced for sizes it divides.
-    unet_scale_factor: int = 1
-
-    @property
-    def size_multiple(self) -> int:
-        """Image sides must be multiples of this many pixels."""
-        return self.vae_scale_factor * self.unet_scale_factor
-
-    @property
-    def default_image_size(self) -> int:
-        """Height and width the U-Net was configured for, in pixels."""
-        return self.sample_size * self.vae_scale_factor
-
-
-@dataclass(frozen=True)
-class TokenizerConfig:
-    """The `tokenizers` JSON the runtime uses, and how prompts are padded."""
-
-    file: str
-    max_length: int
-    pad_token_id: int
-    original_files: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Component inputs recorded while the fp32 pipeline sampled calibration prompts."""
-
-    prompts: int
-    prompts_sha256: str
-    steps: int
-    guidance: float
-    seed: int
-    batch_size: int
-    timesteps: tuple[int, ...]
-    # component -> input name -> .npy file holding every recorded call, stacked on axis 0.
-    inputs: dict[str, dict[str, str]]
-    height: int | None = None  # image size sampled; None: the model's default
-    width: int | None = None
-
-    @property
-    def files(self) -> list[str]:
-        """Every array file of the recording."""
-        return [f for arrays in self.inputs.values() for f in arrays.values()]
-
-
-@dataclass(frozen=True)
-class EngineEntry:
-    """A TensorRT engine built from one of the bundle's ONNX models, and what makes it valid."""
-
-    component: str
-    precision: str  # the precision it was built for (fp16, int8, fp8)
-    file: str
-    onnx: str  # the ONNX file it was built from
-    onnx_sha256: str
-    flavour: str  # "tensorrt" (classic) or "rtx" (TensorRT-RTX)
-    tensorrt_version: str  # with its flavour: "trt-10.3.0", "rtx-1.7.1.116"
-    # Compute capabilities it runs on: the building GPU's for classic TensorRT ("8.7" on Orin),
-    # the targets it was built for ahead of time for TensorRT-RTX ("8.6", "8.9", "12.0").
-    targets: tuple[str, ...]
-    gpu_name: str | None  # the GPU that built it; None for a TensorRT-RTX build without one
-    # input name -> {"min": [...], "opt": [...], "max": [...]}
-    profile: dict[str, dict[str, list[int]]]
-    flags: dict[str, Any]  # builder settings: strongly typed, fp16, memory limits, ...
-    key: str  # sha256 over everything above that makes the engine valid
-    build_seconds: float = 0.0
-
-
-def build_command(root: str | os.PathLike, precision: str, *options: str) -> str:
-    """The `edgediff build` command line that (re)builds a bundle's engines, ready to paste."""
-    return shlex.join(["edgediff", "build", str(root), "--precision", precision, *options])
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    """Size and hash of one file in the bundle."""
-
-    sha256: str
-    bytes: int
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """Everything a bundle says about itself."""
-
-    model: ModelConfig
-    scheduler: dict[str, Any]
-    tokenizer: TokenizerConfig
-    components: dict[str, Component]
-    files: dict[str, FileRecord]
-    source: dict[str, Any] = field(default_factory=dict)
-    engines: tuple[EngineEntry, ...] = ()
-    calibration: Calibration | None = None
-    edgediff_version: str = __version__
-    format_version: int = FORMAT_VERSION
-
-    def to_json(self) -> str:
-        """The manifest as the JSON text stored in manifest.json."""
-        data = {"format": FORMAT, **asdict(self)}
-        return json.dumps(data, indent=2, sort_keys=False) + "\n"
-
-    def referenced_paths(self) -> list[str]:
-        """Every path the manifest names, used or not, so each can be checked to stay inside."""
-        paths = list(self.files)
-        paths.append(self.tokenizer.file)
-        paths.extend(self.tokenizer.original_files)
-        for component in self.components.values():
-            for entry in component.models.values():
-                paths.extend(entry.files)
-        if self.calibration is not None:
-            paths.extend(self.calibration.files)
-        for engine in self.engines:
-            paths.extend((engine.file, engine.onnx))
-        return paths
-
 
 # ---------------------------------------------------------------- parsing (strict, with paths)
 
@@ -330,7 +152,7 @@ def parse_manifest(data: Any) -> Manifest:
     return replace(manifest, scheduler=scheduler)
 
 
-def _check_inside(root: Path, rel: str) -> None:
+def check_inside(root: Path, rel: str) -> None:
     """Refuse any manifest path that could resolve outside the bundle folder."""
     posix = PurePosixPath(rel)
     if not rel or posix.is_absolute() or "\\" in rel or ".." in posix.parts or ":" in rel:
@@ -347,7 +169,9 @@ def _check_inside(root: Path, rel: str) -> None:
         )
 
 
-# ---------------------------------------------------------------- the reader
+def build_command(root: str | os.PathLike, precision: str, *options: str) -> str:
+    """The `edgediff build` command line that (re)builds a bundle's engines, ready to paste."""
+    return shlex.join(["edgediff", "build", str(root), "--precision", precision, *options])
 
 
 class Bundle:
@@ -378,7 +202,7 @@ class Bundle:
             raise BundleError(f"{manifest_path} is not valid JSON ({e})", _REEXPORT) from None
         manifest = parse_manifest(data)
         for rel in manifest.referenced_paths():
-            _check_inside(root, rel)
+            check_inside(root, rel)
         bundle = cls(root, manifest)
         bundle._check_present()
         return bundle
@@ -482,31 +306,3 @@ class Bundle:
                 f"Pick one of {have}, or create it (e.g. `edgediff quantize`)",
             )
         return comp.models[key]
-
-
-def file_record(root: str | os.PathLike, rel: str) -> FileRecord:
-    """Hash and size of a written bundle file, for the manifest's file table."""
-    path = Path(root) / rel
-    return FileRecord(sha256=sha256_file(path), bytes=path.stat().st_size)
-
-
-def with_files(manifest: Manifest, root: str | os.PathLike, rels: list[str]) -> Manifest:
-    """The manifest with these written files (re)hashed into its file table."""
-    return replace(manifest, files={**manifest.files, **{r: file_record(root, r) for r in rels}})
-
-
-def with_model(manifest: Manifest, component: str, entry: ModelEntry) -> Manifest:
-    """The manifest with `entry` added to (or replacing) `component`'s model at its precision."""
-    comp = manifest.components[component]
-    models = {**comp.models, entry.precision: entry}
-    return replace(
-        manifest, components={**manifest.components, component: replace(comp, models=models)}
-    )
-
-
-def write_manifest(root: str | os.PathLike, manifest: Manifest) -> None:
-    """Write manifest.json all-or-nothing, after checking every path it names stays inside."""
-    root = Path(root)
-    for rel in manifest.referenced_paths():
-        _check_inside(root, rel)
-    atomic_write_text(root / MANIFEST, manifest.to_json())

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgediff.bundle.flavours import Toolkit, describe
+from edgediff.bundle.reader import build_command
+from edgediff.bundle.schema import EngineEntry
 from edgediff.errors import BackendError, InputError
-from edgediff.runtime.bundle import EngineEntry, build_command
-from edgediff.runtime.tensorrt_flavours import Toolkit, describe
 
 
 @dataclass(frozen=True)

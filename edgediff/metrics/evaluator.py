@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgediff.data.shapes import ATTRIBUTES, CHOICES, IMAGE_SIZE, Attributes
 from edgediff.errors import EdgediffError, InputError
-from edgediff.models.shapes import ATTRIBUTES, CHOICES, IMAGE_SIZE, Attributes
 
 if TYPE_CHECKING:
     import onnxruntime

@@ -1,0 +1,97 @@
+"""What one generation asks for, and the one place its defaults are written.
+
+The CLI, the Python API, the C API (`edgediff_request_defaults`, via the library's build) and
+the C++ wrapper all take steps, guidance, eta and the seed policy from here; so do output file
+names and the provenance record written into each PNG.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgediff import __version__
+
+# Picked for the shipped shapes model on prompts `edgediff eval` does not report (README, "The
+# shipped model"): 8 DDIM steps with guidance 3 is where its accuracy stops improving.
+DEFAULT_STEPS = 8
+DEFAULT_GUIDANCE = 3.0
+DEFAULT_ETA = 0.0  # deterministic DDIM
+DEFAULT_COUNT = 1
+DEFAULT_OUTPUT = Path("image.png")
+# A seed left unset is drawn below this bound, then printed and recorded, so any image can be
+# made again; 2**31 keeps it an int32 for every binding.
+NEW_SEED_BOUND = 2**31
+
+
+def new_seed() -> int:
+    """A fresh seed for a request that gave none."""
+    return secrets.randbelow(NEW_SEED_BOUND)
+
+
+def output_paths(out: Path, count: int) -> list[Path]:
+    """The files `count` images go to: `out` itself for one, NAME-0.png ... for several."""
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One text-to-image request, as every front end describes it."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    eta: float = DEFAULT_ETA
+    seed: int | None = None  # None: new_seed(), recorded in the provenance
+    height: int | None = None  # None: the model's default size
+    width: int | None = None
+    count: int = DEFAULT_COUNT
+
+    def with_seed(self) -> GenerationRequest:
+        """This request with its seed fixed (a new one if it had none)."""
+        if self.seed is not None:
+            return self
+        return GenerationRequest(**{**asdict(self), "seed": new_seed()})
+
+    def pipeline_arguments(self) -> dict[str, Any]:
+        """Keyword arguments of Pipeline.__call__ for this request."""
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "num_inference_steps": self.steps,
+            "guidance_scale": self.guidance,
+            "eta": self.eta,
+            "height": self.height,
+            "width": self.width,
+            "num_images_per_prompt": self.count,
+            "seed": self.seed,
+        }
+
+    def provenance(
+        self, *, height: int, width: int, bundle: str, backend: str, precision: str | None
+    ) -> dict[str, Any]:
+        """The record stored in each PNG's text chunk: enough to make the image again."""
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "eta": self.eta,
+            "seed": self.seed,
+            "height": height,
+            "width": width,
+            "bundle": bundle,
+            "backend": backend,
+            "precision": precision or "default",
+            "edgediff": __version__,
+        }
+
+
+def c_defaults() -> dict[str, float | int]:
+    """The defaults of the C API's edgediff_request, as the library's build compiles them in."""
+    return {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "count": DEFAULT_COUNT, "seed": 0}
