@@ -14,6 +14,7 @@ import ctypes
 import numpy as np
 
 from edgediff.errors import BackendError, BundleError, EdgediffError, InputError
+from edgediff.runtime.backends import DEFAULT_BACKEND
 from edgediff.runtime.images import to_uint8
 from edgediff.runtime.pipeline import Pipeline
 from edgediff.runtime.request import DEFAULT_COUNT, DEFAULT_STEPS, GenerationRequest
@@ -47,7 +48,7 @@ class CPipeline:
 
     def __init__(self, bundle: str, backend: str, precision: str):
         self.pipeline = Pipeline.load(
-            bundle or None, backend=backend or "ort-cpu", precision=precision or None
+            bundle or None, backend=backend or DEFAULT_BACKEND, precision=precision or None
         )
 
     def close(self) -> None:

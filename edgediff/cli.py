@@ -14,6 +14,7 @@ import click
 from edgediff import __version__
 from edgediff.bundle.schema import PRECISIONS
 from edgediff.errors import EdgediffError, InputError
+from edgediff.runtime.backends import DEFAULT_BACKEND
 from edgediff.runtime.request import (
     DEFAULT_COUNT,
     DEFAULT_ETA,
@@ -43,7 +44,7 @@ def backend_option(function: _F) -> _F:
     """--backend: what runs the models."""
     return click.option(
         "--backend",
-        default="ort-cpu",
+        default=DEFAULT_BACKEND,
         show_default=True,
         help="ort-cpu, ort-cuda, ort-trt (TensorRT through ONNX Runtime, engines cached in the "
         "bundle) or trt (engines from `edgediff build`).",
@@ -271,19 +272,21 @@ def generate(
         width=width,
         count=count,
     ).with_seed()
-    pipe = Pipeline.load(bundle, backend=backend, precision=precision)
-    images = pipe(**request.pipeline_arguments(), progress=True)
+    with Pipeline.load(bundle, backend=backend, precision=precision) as pipe:
+        images = pipe(**request.pipeline_arguments(), progress=True)
+        seconds = pipe.last_timings.total
+        root = pipe.bundle.root
     record = request.provenance(
         height=images[0].height,
         width=images[0].width,
-        bundle=str(pipe.bundle.root),
+        bundle=str(root),
         backend=backend,
         precision=precision,
     )
     for i, (image, path) in enumerate(zip(images, paths, strict=True)):
         save_png(image, path, {**record, "index": i})
         click.echo(str(path))
-    click.echo(f"seed {request.seed}, {pipe.last_timings.total:.2f} s", err=True)
+    click.echo(f"seed {request.seed}, {seconds:.2f} s", err=True)
 
 
 @cli.command()
@@ -360,8 +363,8 @@ def evaluate(
 
     if prompts < 1 or held_out < 0:
         raise InputError("--prompts must be at least 1 and --held-out at least 0", "Fix the counts")
-    pipeline = Pipeline.load(bundle_dir, backend=backend, precision=precision)
-    scores = run(pipeline, Evaluator.load(), prompts, held_out, steps, guidance, seed)
+    with Pipeline.load(bundle_dir, backend=backend, precision=precision) as pipeline:
+        scores = run(pipeline, Evaluator.load(), prompts, held_out, steps, guidance, seed)
     if as_json:
         settings = {"steps": steps, "guidance": guidance, "seed": seed, "precision": precision}
         click.echo(json.dumps({"settings": settings, **scores_as_dict(scores)}, indent=2))
@@ -630,7 +633,9 @@ def build(
 
 @cli.command()
 @click.argument("bundle_dir", type=click.Path(path_type=Path), required=False)
-@click.option("--backends", default="ort-cpu", show_default=True, help="Comma list of backends.")
+@click.option(
+    "--backends", default=DEFAULT_BACKEND, show_default=True, help="Comma list of backends."
+)
 @click.option(
     "--precisions",
     default=None,

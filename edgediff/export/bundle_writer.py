@@ -79,38 +79,31 @@ def _entry(result: Any, verify: bool) -> ModelEntry:
     )
 
 
-def _export_into(
-    tx: BundleEdit,
+def _jobs(
+    ckpt: Any,
     checkpoint: Path,
-    *,
+    root: Path,
     fp16: bool,
     fp16_vae: bool,
     opset: int,
     verify: bool,
-    progress: bool,
     workers: int,
-) -> None:
+) -> dict[str, Any]:
+    """One export job per component, with its verification inputs."""
     import numpy as np
-    from tqdm.auto import tqdm
 
-    from edgediff.export.checkpoint import checkpoint_sha256, load_checkpoint
     from edgediff.export.components import VERIFY_PROMPTS, verification_inputs
-    from edgediff.export.tokenizer import encode_like_transformers, write_tokenizer
-    from edgediff.export.workers import SCRATCH, ComponentJob, Helper, run_job
+    from edgediff.export.tokenizer import encode_like_transformers
+    from edgediff.export.workers import ComponentJob
 
-    ckpt = load_checkpoint(checkpoint)
     geo = ckpt.model
-    root = tx.staging  # the helper process writes its model there too
-    # The cheap files first, so a tokenizer problem surfaces before minutes of tracing.
-    tokenizer = write_tokenizer(ckpt.tokenizer, checkpoint / "tokenizer", root, geo.max_text_length)
-    _write_side_files(tx, ckpt)
     prompt_ids = [
         np.array(encode_like_transformers(ckpt.tokenizer, list(p), geo.max_text_length))
         for p in VERIFY_PROMPTS
     ]
     half = {"text_encoder": fp16, "unet": fp16, "vae_decoder": fp16_vae, "vae_encoder": fp16_vae}
     threads = max(1, _available_cpus() // workers) if workers > 1 else 0
-    jobs = {
+    return {
         c: ComponentJob(
             component=c,
             checkpoint=str(checkpoint),
@@ -124,6 +117,32 @@ def _export_into(
         )
         for c in COMPONENTS
     }
+
+
+def _export_into(
+    tx: BundleEdit,
+    checkpoint: Path,
+    *,
+    fp16: bool,
+    fp16_vae: bool,
+    opset: int,
+    verify: bool,
+    progress: bool,
+    workers: int,
+) -> None:
+    from tqdm.auto import tqdm
+
+    from edgediff.export.checkpoint import checkpoint_sha256, load_checkpoint
+    from edgediff.export.tokenizer import write_tokenizer
+    from edgediff.export.workers import SCRATCH, Helper, run_job
+
+    ckpt = load_checkpoint(checkpoint)
+    geo = ckpt.model
+    root = tx.staging  # the helper process writes its model there too
+    # The cheap files first, so a tokenizer problem surfaces before minutes of tracing.
+    tokenizer = write_tokenizer(ckpt.tokenizer, checkpoint / "tokenizer", root, geo.max_text_length)
+    _write_side_files(tx, ckpt)
+    jobs = _jobs(ckpt, checkpoint, root, fp16, fp16_vae, opset, verify, workers)
     # Handed over one by one and dropped once exported (the VAE serves two components); the
     # U-Net is not among them: it is loaded where it is exported, perhaps in the helper.
     vae = ckpt.modules.pop("vae")

@@ -16,10 +16,10 @@ from edgediff.bundle.reader import Bundle
 from edgediff.bundle.schema import REQUIRED_COMPONENTS, ModelEntry
 from edgediff.errors import BundleError, InputError
 from edgediff.runtime import request_checks as checks
-from edgediff.runtime.backends import Backend, Session, get_backend
+from edgediff.runtime.backends import DEFAULT_BACKEND, Backend, Session, get_backend
 from edgediff.runtime.guidance import cfg_denoiser, is_guided
 from edgediff.runtime.images import to_images, to_pil
-from edgediff.runtime.request import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS
+from edgediff.runtime.request import DEFAULT_COUNT, DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS
 from edgediff.runtime.samplers import sample_ddim
 from edgediff.runtime.schedulers import DDIMScheduler
 from edgediff.runtime.tensorrt_flavours import installed_flavours
@@ -137,7 +137,7 @@ class Pipeline:
     def load(
         cls,
         bundle: str | os.PathLike | Bundle | None = None,
-        backend: str | Backend = "ort-cpu",
+        backend: str | Backend = DEFAULT_BACKEND,
         precision: str | None = None,
         verify: bool = True,
     ) -> Pipeline:
@@ -269,7 +269,7 @@ class Pipeline:
         eta: float = DEFAULT_ETA,
         height: int | None = None,
         width: int | None = None,
-        num_images_per_prompt: int = 1,
+        num_images_per_prompt: int = DEFAULT_COUNT,
         seed: int | None = None,
         latents: np.ndarray | None = None,
         output_type: str = "pil",
@@ -291,12 +291,7 @@ class Pipeline:
         eta = checks.real(eta, "eta", 0.0, 1.0)
         seed = checks.seed(seed)
         latents = checks.latents(latents, self.config.latent_channels)
-        if output_type not in OUTPUT_TYPES:
-            raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if callback is not None and not callable(callback):
-            raise InputError(f"callback must be callable or None, got {callback!r}")
-        if models is not None and not isinstance(models, Models):
-            raise InputError(f"models must be a Models or None, got {type(models).__name__}")
+        _check_outputs_and_hooks(output_type, callback, models)
         height, width = self._check_size(latents, height, width)
         checks.fits_in_memory(
             len(prompts) * n,
@@ -305,18 +300,7 @@ class Pipeline:
             self.config.latent_channels,
             self.config.vae_scale_factor,
         )
-        negatives = None
-        if is_guided(guidance_scale):
-            negatives = checks.prompts(
-                "" if negative_prompt is None else negative_prompt, "negative_prompt"
-            )
-            if len(negatives) == 1:
-                negatives = negatives * len(prompts)
-            if len(negatives) != len(prompts):
-                raise InputError(
-                    f"{len(negatives)} negative prompts for {len(prompts)} prompts",
-                    "Give one negative prompt, or one per prompt",
-                )
+        negatives = _check_negatives(negative_prompt, len(prompts), guidance_scale)
         if latents is not None and len(latents) != len(prompts) * n:
             raise InputError(
                 f"latents hold {len(latents)} images, the request makes {len(prompts) * n}",
@@ -372,6 +356,32 @@ class Pipeline:
                     f"Use e.g. {lower} or {lower + m}",
                 )
         return height, width
+
+
+def _check_outputs_and_hooks(output_type: Any, callback: Any, models: Any) -> None:
+    if output_type not in OUTPUT_TYPES:
+        raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    if callback is not None and not callable(callback):
+        raise InputError(f"callback must be callable or None, got {callback!r}")
+    if models is not None and not isinstance(models, Models):
+        raise InputError(f"models must be a Models or None, got {type(models).__name__}")
+
+
+def _check_negatives(negative_prompt: Any, count: int, guidance_scale: float) -> list[str] | None:
+    """One negative prompt per prompt when guided ("" if none was given); None when not."""
+    if not is_guided(guidance_scale):
+        return None
+    negatives = checks.prompts(
+        "" if negative_prompt is None else negative_prompt, "negative_prompt"
+    )
+    if len(negatives) == 1:
+        negatives = negatives * count
+    if len(negatives) != count:
+        raise InputError(
+            f"{len(negatives)} negative prompts for {count} prompts",
+            "Give one negative prompt, or one per prompt",
+        )
+    return negatives
 
 
 def _progress(timesteps: np.ndarray) -> Any:

@@ -8,34 +8,20 @@ Another sampler (a distilled student's, say) is another function here, not a Pip
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
+
+from edgediff.runtime.schedulers import DDIMScheduler
 
 Denoiser = Callable[[np.ndarray, int], np.ndarray]
 StepCallback = Callable[[int, int, np.ndarray], Any]  # (step index, steps, latents)
 
 
-class StepScheduler(Protocol):
-    """What a DDIM-style sampler needs of a scheduler."""
-
-    def timesteps(self, num_inference_steps: int) -> np.ndarray: ...
-
-    def step(
-        self,
-        model_output: np.ndarray,
-        timestep: int,
-        sample: np.ndarray,
-        num_inference_steps: int,
-        eta: float = 0.0,
-        noise: np.ndarray | None = None,
-    ) -> np.ndarray: ...
-
-
 def sample_ddim(
     denoiser: Denoiser,
     x: np.ndarray,
-    scheduler: StepScheduler,
+    scheduler: DDIMScheduler,
     steps: int,
     eta: float = 0.0,
     rng: np.random.Generator | None = None,

@@ -6,6 +6,8 @@ from edgediff.errors import BackendError
 from edgediff.runtime.backends.base import Backend, Session
 
 BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt")
+# Runs anywhere edgediff installs; GPUs are asked for by name.
+DEFAULT_BACKEND = "ort-cpu"
 
 
 def get_backend(name: str, **options) -> Backend:
@@ -21,4 +23,4 @@ def get_backend(name: str, **options) -> Backend:
     return TrtBackend(**options)
 
 
-__all__ = ["BACKENDS", "Backend", "Session", "get_backend"]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "Backend", "Session", "get_backend"]
