@@ -763,6 +763,79 @@ def train(stage, out_dir, preset, seed, threads) -> None:
         click.echo(f"wrote {checkpoint}; next: edgediff export {checkpoint} BUNDLE_DIR")
 
 
+@cli.command()
+@click.argument("checkpoint_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--preset",
+    default="shapes",
+    show_default=True,
+    help="shapes (the shipped model's recipe) or quick (minutes, a smoke test).",
+)
+@click.option(
+    "--guidance-range",
+    default="1:8",
+    show_default=True,
+    help="LOW:HIGH, the guidance scales the students learn to take as an input.",
+)
+@click.option(
+    "--steps",
+    "steps_text",
+    default="8,4,2,1",
+    show_default=True,
+    help="The guidance student's DDIM steps, then one progressive round per halving.",
+)
+@click.option(
+    "--data",
+    type=click.Choice(["shapes", "teacher"]),
+    default="shapes",
+    show_default=True,
+    help="What students learn on: the shapes generator (the shipped model's training data), or "
+    "the teacher's own samples of --prompts (no training set needed).",
+)
+@click.option(
+    "--prompts",
+    "prompts_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A text file, one prompt a line, for --data teacher.",
+)
+@seed_option(help="Seed for data, noise and guidance scales.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: all cores).")
+def distill(
+    checkpoint_dir, out_dir, preset, guidance_range, steps_text, data, prompts_file, seed, threads
+) -> None:
+    """Distil a checkpoint into few-step students that need one U-Net pass a step.
+
+    Guidance distillation first folds classifier-free guidance into the U-Net (it takes the
+    scale as an input), then each progressive round halves the steps. OUT_DIR/steps-N holds
+    each student as a diffusers checkpoint for `edgediff export`. Interrupt it at any time:
+    the same command resumes.
+    """
+    import torch
+
+    from edgediff.models.distill.run import distill as run
+    from edgediff.models.distill.run import parse_guidance_range, parse_steps
+
+    steps = parse_steps(steps_text)
+    scales = parse_guidance_range(guidance_range)
+    prompts = None
+    if prompts_file is not None:
+        if not prompts_file.is_file():
+            raise InputError(f"--prompts '{prompts_file}' does not exist", "Pass a text file")
+        prompts = [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise InputError(f"--prompts '{prompts_file}' holds no prompt", "One prompt a line")
+    if threads:
+        torch.set_num_threads(threads)
+    outputs = run(
+        checkpoint_dir, out_dir, pool_guidance=DEFAULT_GUIDANCE, recipe=preset,
+        guidance_range=scales, steps=steps, data=data, prompts=prompts, seed=seed,
+    )  # fmt: skip
+    for n, folder in outputs.items():
+        click.echo(f"{n} steps: {folder}; next: edgediff export {folder} BUNDLE_DIR")
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="edgediff")

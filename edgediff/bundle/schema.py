@@ -84,6 +84,23 @@ class QuantizationRecord:
     sensitivity: str  # the bundle file holding the per-layer table and the keep search
 
 
+# Beside a distilled checkpoint's model_index.json: its DistillationRecord as JSON.
+DISTILLATION_FILE = "distillation.json"
+
+
+@dataclass(frozen=True)
+class DistillationRecord:
+    """What a distilled U-Net was made for (edgediff distill), copied from its checkpoint."""
+
+    method: str  # "guidance" (CFG folded in) or "progressive" (fewer steps, guidance folded in)
+    guidance_embedded: bool  # takes the guidance scale as an input; one pass of batch N a step
+    guidance_range: tuple[float, float]  # the scales it was trained on
+    steps: tuple[int, ...]  # the DDIM step counts it was distilled for
+    teacher_unet_sha256: str  # the teacher U-Net's weights file
+    data: str  # "shapes" (the training set) or "teacher" (the teacher's own samples)
+    negative_prompts: bool = False  # whether it learnt from negative prompts (it does not yet)
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """One ONNX file of a component at one precision."""
@@ -95,6 +112,7 @@ class ModelEntry:
     external_data: tuple[str, ...] = ()
     verification: Verification | None = None
     quantization: QuantizationRecord | None = None  # for Q/DQ models
+    distillation: DistillationRecord | None = None  # for distilled U-Nets
 
     @property
     def files(self) -> tuple[str, ...]:

@@ -7,11 +7,20 @@ import json
 import os
 import shutil
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edgediff.bundle.edit import BundleEdit, check_destination, create
-from edgediff.bundle.schema import COMPONENTS, Component, Manifest, ModelEntry
+from edgediff.bundle.schema import (
+    COMPONENTS,
+    DISTILLATION_FILE,
+    Component,
+    DistillationRecord,
+    Manifest,
+    ModelEntry,
+)
+from edgediff.bundle.typed_json import FieldError, decode
 from edgediff.errors import ExportError
 
 
@@ -79,6 +88,33 @@ def _entry(result: Any, verify: bool) -> ModelEntry:
     )
 
 
+def distillation_of(checkpoint: Path, guidance_embedded: bool) -> DistillationRecord | None:
+    """The checkpoint's distillation record (edgediff distill writes it), checked."""
+    path = checkpoint / DISTILLATION_FILE
+    if not path.is_file():
+        if guidance_embedded:
+            raise ExportError(
+                f"'{checkpoint}' has a U-Net that takes the guidance scale but no "
+                f"{DISTILLATION_FILE} saying what it was distilled for",
+                "Export the folders `edgediff distill` writes (OUT/steps-N)",
+            )
+        return None
+    try:
+        record = decode(DistillationRecord, json.loads(path.read_text()), "", {"steps": 1})
+    except (json.JSONDecodeError, UnicodeDecodeError, FieldError) as e:
+        raise ExportError(
+            f"{path} is not a valid distillation record ({e})",
+            "Distil the checkpoint again with `edgediff distill`",
+        ) from None
+    if record.guidance_embedded != guidance_embedded:
+        raise ExportError(
+            f"{path} says guidance_embedded={record.guidance_embedded}, but the U-Net "
+            f"{'takes' if guidance_embedded else 'does not take'} the guidance scale",
+            "Distil the checkpoint again with `edgediff distill`",
+        )
+    return record
+
+
 def _jobs(
     ckpt: Any,
     checkpoint: Path,
@@ -92,7 +128,7 @@ def _jobs(
     """One export job per component, with its verification inputs."""
     import numpy as np
 
-    from edgediff.export.components import VERIFY_PROMPTS, verification_inputs
+    from edgediff.export.components import VERIFY_PROMPTS, graph_kind, verification_inputs
     from edgediff.export.tokenizer import encode_like_transformers
     from edgediff.export.workers import ComponentJob
 
@@ -103,15 +139,17 @@ def _jobs(
     ]
     half = {"text_encoder": fp16, "unet": fp16, "vae_decoder": fp16_vae, "vae_encoder": fp16_vae}
     threads = max(1, _available_cpus() // workers) if workers > 1 else 0
+    kinds = {c: graph_kind(c, ckpt.guidance_embedded) for c in COMPONENTS}
     return {
         c: ComponentJob(
             component=c,
+            kind=kinds[c],
             checkpoint=str(checkpoint),
             bundle_root=str(root),
             model=geo,
             precision="fp16" if half[c] else "fp32",
             opset=opset,
-            cases=tuple(verification_inputs(c, geo, prompt_ids)) if verify else (),
+            cases=tuple(verification_inputs(kinds[c], geo, prompt_ids)) if verify else (),
             upcast_attention=ckpt.upcast_attention and c == "unet",
             threads=threads,
         )
@@ -177,6 +215,9 @@ def _export_into(
         if helper is not None:
             helper.stop()
     shutil.rmtree(root / SCRATCH, ignore_errors=True)
+    entries["unet"] = replace(
+        entries["unet"], distillation=distillation_of(checkpoint, ckpt.guidance_embedded)
+    )
     tx.set_manifest(
         Manifest(
             model=ckpt.model,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgediff.bundle.schema import ModelConfig
+from edgediff.bundle.schema import DISTILLATION_FILE, ModelConfig
 from edgediff.errors import ExportError
 from edgediff.export.components import SOURCE
 from edgediff.quiet import captured_output, first_line
@@ -45,6 +45,7 @@ class LoadedCheckpoint:
     modules: dict[str, torch.nn.Module]  # "vae", "text_encoder" (the U-Net loads where exported)
     configs: dict[str, str]  # config.json text per checkpoint sub-folder
     upcast_attention: bool
+    guidance_embedded: bool  # a U-Net that takes the guidance scale (edgediff distill)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -132,10 +133,12 @@ def _check_supported(path: Path, configs: dict[str, dict[str, Any]]) -> None:
             f"{latent}-channel latents",
             _SUPPORTED,
         )
-    if unet.get("time_cond_proj_dim") is not None:
+    if unet.get("time_cond_proj_dim") is not None and not (path / DISTILLATION_FILE).is_file():
+        # edgediff distill's students say what they were distilled for; other guidance-
+        # embedding U-Nets (LCM) are sampled by schedulers the runtime does not have.
         raise ExportError(
             f"the U-Net of '{path}' has time_cond_proj_dim={unet['time_cond_proj_dim']} "
-            "(a guidance-embedding / LCM U-Net, which needs an extra input)",
+            f"(a guidance-embedding / LCM U-Net) and no {DISTILLATION_FILE} from edgediff distill",
             _SUPPORTED,
         )
     for key in ("class_embed_type", "addition_embed_type", "encoder_hid_dim_type"):
@@ -248,6 +251,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         modules=modules,
         configs=configs,
         upcast_attention=bool(getattr(unet, "upcast_attention", False)),
+        guidance_embedded=getattr(unet, "time_cond_proj_dim", None) is not None,
     )
 
 

@@ -47,6 +47,17 @@ IO: dict[str, IOSpec] = {
         ("out_sample",),
         {"sample": _BHW, "encoder_hidden_states": {0: "batch"}, "out_sample": _BHW},
     ),
+    # A guidance-distilled U-Net takes the guidance scale, one per image (edgediff distill).
+    "unet_guided": IOSpec(
+        ("sample", "timestep", "encoder_hidden_states", "guidance"),
+        ("out_sample",),
+        {
+            "sample": _BHW,
+            "encoder_hidden_states": {0: "batch"},
+            "guidance": {0: "batch"},
+            "out_sample": _BHW,
+        },
+    ),
     "vae_decoder": IOSpec(
         ("latent_sample",), ("sample",), {"latent_sample": _LATENT, "sample": _BHW}
     ),
@@ -91,6 +102,30 @@ class UNetWrapper(torch.nn.Module):
         return self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
 
 
+class GuidedUNetWrapper(torch.nn.Module):
+    """A guidance-embedded UNet2DConditionModel -> its guided prediction in one pass; the
+    guidance scale is embedded inside the graph, as diffusers' LCM pipelines embed it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        guidance: torch.Tensor,
+    ) -> torch.Tensor:
+        """Predict for a batch of latents at one timestep, each image at its own guidance."""
+        from edgediff.models.distill.math import guidance_embedding
+
+        embedding = guidance_embedding(guidance, self.model.config.time_cond_proj_dim)
+        return self.model(
+            sample, timestep, encoder_hidden_states, timestep_cond=embedding, return_dict=False
+        )[0]
+
+
 class VaeDecoderWrapper(torch.nn.Module):
     """AutoencoderKL.decode: latents (already divided by scaling_factor) -> images, ~[-1, 1]."""
 
@@ -118,14 +153,21 @@ class VaeEncoderWrapper(torch.nn.Module):
 _WRAPPERS = {
     "text_encoder": TextEncoderWrapper,
     "unet": UNetWrapper,
+    "unet_guided": GuidedUNetWrapper,
     "vae_decoder": VaeDecoderWrapper,
     "vae_encoder": VaeEncoderWrapper,
 }
 
 
-def wrap(component: str, model: torch.nn.Module) -> torch.nn.Module:
-    """The export wrapper of `component` around its loaded torch module, in eval mode."""
-    return _WRAPPERS[component](model.eval()).eval()
+def graph_kind(component: str, guidance_embedded: bool) -> str:
+    """Which graph a component exports to: its own, or "unet_guided" for a U-Net that takes
+    the guidance scale as an input."""
+    return "unet_guided" if component == "unet" and guidance_embedded else component
+
+
+def wrap(kind: str, model: torch.nn.Module) -> torch.nn.Module:
+    """The export wrapper of a graph kind around its loaded torch module, in eval mode."""
+    return _WRAPPERS[kind](model.eval()).eval()
 
 
 def dynamic_shapes(component: str, geo: ModelConfig) -> dict[str, Any]:
@@ -135,11 +177,12 @@ def dynamic_shapes(component: str, geo: ModelConfig) -> dict[str, Any]:
     batch = Dim("batch", min=1, max=MAX_TRACE_BATCH)
     if component == "text_encoder":
         return {"input_ids": {0: batch}}
-    if component == "unet":
+    if component in ("unet", "unet_guided"):
         # The U-Net concatenates skip connections, so latents must divide by its downsampling.
         h, w = Dim("latent_h", min=1), Dim("latent_w", min=1)
         sample = {0: batch, 2: geo.unet_scale_factor * h, 3: geo.unet_scale_factor * w}
-        return {"sample": sample, "timestep": None, "encoder_hidden_states": {0: batch}}
+        shapes = {"sample": sample, "timestep": None, "encoder_hidden_states": {0: batch}}
+        return {**shapes, "guidance": {0: batch}} if component == "unet_guided" else shapes
     if component == "vae_decoder":
         latent = {0: batch, 2: Dim("latent_height", min=1), 3: Dim("latent_width", min=1)}
         return {"latent_sample": latent}
@@ -152,13 +195,14 @@ def example_inputs(component: str, geo: ModelConfig) -> tuple[torch.Tensor, ...]
     b, c = EXAMPLE_BATCH, geo.latent_channels
     if component == "text_encoder":
         return (torch.zeros(b, geo.max_text_length, dtype=torch.int64),)
-    if component == "unet":
+    if component in ("unet", "unet_guided"):
         f = geo.unet_scale_factor
-        return (
+        inputs = (
             torch.randn(b, c, 3 * f, 5 * f),
             torch.tensor([500.0]),
             torch.randn(b, geo.max_text_length, geo.text_embed_dim),
         )
+        return (*inputs, torch.full((b,), 3.0)) if component == "unet_guided" else inputs
     if component == "vae_decoder":
         return (torch.randn(b, c, 3, 5),)
     return (torch.rand(b, 3, 3 * geo.vae_scale_factor, 5 * geo.vae_scale_factor) * 2 - 1,)
@@ -173,21 +217,24 @@ def sample_inputs(
     input_ids: np.ndarray | None = None,
     timestep: float = 500.0,
 ) -> dict[str, np.ndarray]:
-    """Named numpy inputs for one check of `component` (text encoder: pass tokenized ids)."""
+    """Named numpy inputs for one check of a graph kind (text encoder: pass tokenized ids)."""
     rng = np.random.default_rng(seed)
     c, (h, w) = geo.latent_channels, latent_hw
     if component == "text_encoder":
         if input_ids is None:
             raise ValueError("the text encoder is checked on tokenized prompts: pass input_ids")
         return {"input_ids": np.asarray(input_ids, dtype=np.int64)}
-    if component == "unet":
-        return {
+    if component in ("unet", "unet_guided"):
+        feeds = {
             "sample": rng.standard_normal((batch, c, h, w), dtype=np.float32),
             "timestep": np.array([timestep], dtype=np.float32),
             "encoder_hidden_states": rng.standard_normal(
                 (batch, geo.max_text_length, geo.text_embed_dim), dtype=np.float32
             ),
         }
+        if component == "unet_guided":
+            feeds["guidance"] = rng.uniform(1.0, 8.0, batch).astype(np.float32)
+        return feeds
     if component == "vae_decoder":
         return {"latent_sample": rng.standard_normal((batch, c, h, w), dtype=np.float32)}
     shape = (batch, 3, h * geo.vae_scale_factor, w * geo.vae_scale_factor)

@@ -21,7 +21,10 @@ _WRAPPER_PREFIX = "model."
 def export_graph(
     wrapper: torch.nn.Module, component: str, geo: ModelConfig, opset: int
 ) -> ir.Model:
-    """Trace `wrapper` with torch.export (dynamic batch/spatial axes); return cleaned ONNX IR."""
+    """Trace `wrapper` with torch.export (dynamic batch/spatial axes); return cleaned ONNX IR.
+
+    `component` is the graph kind (components.graph_kind): a component name or "unet_guided".
+    """
     import torch
 
     spec = IO[component]

@@ -47,6 +47,7 @@ class ComponentJob:
     cases: tuple[dict[str, np.ndarray], ...] = ()  # empty: no verification
     upcast_attention: bool = False
     threads: int = 0  # torch/ORT threads; 0 leaves the defaults
+    kind: str = ""  # the graph it exports to (components.graph_kind); "" for its own
 
 
 @dataclass(frozen=True)
@@ -94,13 +95,14 @@ def export_component(
     rel = f"{job.component}/model.onnx"
     final = root / rel
     final.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = wrap(job.component, load() if load else load_component(job.checkpoint, job.component))
+    kind = job.kind or job.component
+    wrapper = wrap(kind, load() if load else load_component(job.checkpoint, job.component))
     threads = torch.get_num_threads()
     if job.threads:
         torch.set_num_threads(job.threads)
     try:
         try:
-            graph = export_graph(wrapper, job.component, job.model, job.opset)
+            graph = export_graph(wrapper, kind, job.model, job.opset)
         except EdgediffError:
             raise
         except Exception as e:

@@ -276,13 +276,16 @@ def build_random_pipeline(preset: str | Preset, seed: int = 0):
     )
 
 
-def save_pipeline(pipeline, out: Path) -> Path:
-    """Save a diffusers pipeline (safetensors) to `out`, replacing it only once complete."""
+def save_pipeline(pipeline, out: Path, extra_files: dict[str, str] | None = None) -> Path:
+    """Save a diffusers pipeline (safetensors) to `out`, with any extra text files beside it,
+    replacing `out` only once complete."""
     # Written beside the target and swapped in, so an interrupted run never leaves half a folder.
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)
     try:
         pipeline.save_pretrained(tmp, safe_serialization=True)
+        for name, text in (extra_files or {}).items():
+            Path(tmp, name).write_text(text, encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

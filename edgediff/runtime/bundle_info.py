@@ -98,6 +98,22 @@ def format_bundle(bundle: Bundle) -> str:
             ),
         ],
     ]
+    unet = (
+        m.components["unet"].models.get(m.components["unet"].default)
+        if "unet" in m.components
+        else None
+    )
+    if unet is not None and unet.distillation is not None:
+        d = unet.distillation
+        low, high = d.guidance_range
+        facts.append(
+            [
+                "distilled",
+                f"{d.method} for {', '.join(map(str, d.steps))} DDIM steps; guidance {low:g} to "
+                f"{high:g} embedded (one U-Net pass a step); no negative prompts; teacher "
+                f"{d.teacher_unet_sha256[:12]}, data {d.data}",
+            ]
+        )
     if m.calibration is not None:
         c = m.calibration
         facts.append(

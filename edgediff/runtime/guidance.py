@@ -10,6 +10,8 @@ from edgediff.runtime.samplers import Denoiser
 
 # (sample, timestep, text embeddings) -> noise prediction: one U-Net call.
 NoisePredictor = Callable[[np.ndarray, int, np.ndarray], np.ndarray]
+# The same for a guidance-distilled U-Net, which also takes one guidance scale per image.
+GuidedNoisePredictor = Callable[[np.ndarray, int, np.ndarray, np.ndarray], np.ndarray]
 
 
 def is_guided(guidance_scale: float) -> bool:
@@ -34,5 +36,17 @@ def cfg_denoiser(unet: NoisePredictor, cond: np.ndarray, guidance_scale: float) 
     def denoise(x: np.ndarray, t: int) -> np.ndarray:
         sample = np.concatenate([x, x]) if is_guided(guidance_scale) else x
         return guided(unet(sample, t, cond), guidance_scale)
+
+    return denoise
+
+
+def embedded_denoiser(
+    unet: GuidedNoisePredictor, cond: np.ndarray, guidance_scale: float
+) -> Denoiser:
+    """The denoiser of a guidance-distilled U-Net: one pass of batch N, w as an input (Meng et
+    al. 2023); `cond` holds only the prompts' embeddings."""
+
+    def denoise(x: np.ndarray, t: int) -> np.ndarray:
+        return unet(x, t, cond, np.full(len(x), guidance_scale, dtype=np.float32))
 
     return denoise

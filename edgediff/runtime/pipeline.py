@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -13,17 +14,19 @@ import numpy as np
 
 from edgediff.bundle.engine_compat import require_compatible
 from edgediff.bundle.reader import Bundle
-from edgediff.bundle.schema import REQUIRED_COMPONENTS, ModelEntry
+from edgediff.bundle.schema import REQUIRED_COMPONENTS, DistillationRecord, ModelEntry
 from edgediff.errors import BundleError, InputError
 from edgediff.runtime import request_checks as checks
 from edgediff.runtime.backends import DEFAULT_BACKEND, Backend, Session, get_backend
-from edgediff.runtime.guidance import cfg_denoiser, is_guided
+from edgediff.runtime.guidance import cfg_denoiser, embedded_denoiser, is_guided
 from edgediff.runtime.images import to_images, to_pil
 from edgediff.runtime.request import DEFAULT_COUNT, DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS
 from edgediff.runtime.samplers import sample_ddim
 from edgediff.runtime.schedulers import DDIMScheduler
 from edgediff.runtime.tensorrt_flavours import installed_flavours
 from edgediff.runtime.tokenizer import PromptTokenizer
+
+_log = logging.getLogger(__name__)
 
 # Where the shipped default model lives inside the installed package.
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "assets" / "default-bundle"
@@ -236,20 +239,42 @@ class Pipeline:
         noise = rng.standard_normal(shape, dtype=np.float32)
         return noise * np.float32(self.scheduler.init_noise_sigma)
 
+    @property
+    def distillation(self) -> DistillationRecord | None:
+        """What the loaded U-Net was distilled for (None: not distilled)."""
+        source = self.model_files.get("unet", ("",))[0]
+        # An engine names the ONNX model it was built from, which holds the record.
+        source = {e.file: e.onnx for e in self.bundle.manifest.engines}.get(source, source)
+        for entry in self.bundle.manifest.components["unet"].models.values():
+            if entry.file == source:
+                return entry.distillation
+        return None
+
+    @property
+    def guidance_embedded(self) -> bool:
+        """Whether the U-Net was guidance-distilled: it takes w and runs once on batch N."""
+        return "guidance" in self.sessions["unet"].input_names
+
     def denoiser(
         self, cond: np.ndarray, guidance_scale: float, models: Models | None = None
     ) -> Callable[[np.ndarray, int], np.ndarray]:
         """The guided U-Net as a function of (latents, timestep), for a sampler to walk with."""
         run = (models or self.models).unet
 
-        def noise_prediction(sample: np.ndarray, t: int, embeddings: np.ndarray) -> np.ndarray:
-            out = run(
-                sample=sample,
-                timestep=np.array([t], dtype=np.float32),
-                encoder_hidden_states=embeddings,
-            )["out_sample"]
-            return out.astype(np.float32)
+        def noise_prediction(
+            sample: np.ndarray, t: int, embeddings: np.ndarray, *guidance: np.ndarray
+        ) -> np.ndarray:
+            feeds = {
+                "sample": sample,
+                "timestep": np.array([t], dtype=np.float32),
+                "encoder_hidden_states": embeddings,
+            }
+            if guidance:
+                feeds["guidance"] = guidance[0]
+            return run(**feeds)["out_sample"].astype(np.float32)
 
+        if self.guidance_embedded:
+            return embedded_denoiser(noise_prediction, cond, guidance_scale)
         return cfg_denoiser(noise_prediction, cond, guidance_scale)
 
     def decode(self, latents: np.ndarray, models: Models | None = None) -> np.ndarray:
@@ -300,7 +325,10 @@ class Pipeline:
             self.config.latent_channels,
             self.config.vae_scale_factor,
         )
-        negatives = _check_negatives(negative_prompt, len(prompts), guidance_scale)
+        if self.guidance_embedded:
+            negatives = self._check_embedded_guidance(negative_prompt, guidance_scale)
+        else:
+            negatives = _check_negatives(negative_prompt, len(prompts), guidance_scale)
         if latents is not None and len(latents) != len(prompts) * n:
             raise InputError(
                 f"latents hold {len(latents)} images, the request makes {len(prompts) * n}",
@@ -329,6 +357,24 @@ class Pipeline:
         result = x if output_type == "latent" else self.decode(x, models)
         self.last_timings.total = time.perf_counter() - start
         return to_pil(result) if output_type == "pil" else result
+
+    def _check_embedded_guidance(self, negative_prompt: Any, guidance_scale: float) -> None:
+        """A guidance-distilled U-Net has no unconditional pass, so no negative prompt."""
+        if negative_prompt not in (None, "", [""]):
+            raise InputError(
+                "this bundle's U-Net is guidance-distilled without negative prompts, so it "
+                "cannot use one",
+                "Drop the negative prompt, or generate with the teacher's bundle",
+            )
+        distilled = self.distillation
+        if distilled is not None:
+            low, high = distilled.guidance_range
+            if not low <= guidance_scale <= high:
+                _log.warning(
+                    "guidance %g is outside the range the U-Net was distilled for (%g to %g)",
+                    guidance_scale, low, high,
+                )  # fmt: skip
+        return None
 
     def _check_size(self, latents: np.ndarray | None, height: Any, width: Any) -> tuple[int, int]:
         """(height, width) in pixels: given, from the latents, or the model's default."""

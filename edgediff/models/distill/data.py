@@ -1,0 +1,106 @@
+"""What students learn on: clean latents x₀ with their captions, batch k of a seeded stream.
+
+`shapes`: VAE latents of the captioned-shapes generator (the shipped model's own data).
+`teacher`: the teacher's own samples for a user's prompt file, made once and kept in the run
+folder, so a user with a checkpoint and prompts can distil without the training set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from edgediff.bundle.files import atomic_path
+from edgediff.data import shapes
+from edgediff.models.distill.grid import DdimGrid
+from edgediff.models.distill.math import ddim_step, guided_eps
+from edgediff.models.training.clip import tokenize
+
+# (step k, batch size) -> (x₀ [B, C, h, w], captions)
+LatentStream = Callable[[int, int], tuple[torch.Tensor, list[str]]]
+# captions -> text embeddings [B, tokens, dim]
+TextEncoder = Callable[[list[str]], torch.Tensor]
+
+
+def text_encoder_of(pipe) -> TextEncoder:
+    """The checkpoint's frozen text encoder as a function of captions."""
+
+    @torch.no_grad()
+    def encode(captions: list[str]) -> torch.Tensor:
+        return pipe.text_encoder(tokenize(pipe.tokenizer, captions)).last_hidden_state
+
+    return encode
+
+
+def shapes_stream(vae, seed: int) -> LatentStream:
+    """Latents of shapes images: sample i of the stream is the same on every run."""
+    scaling = vae.config.scaling_factor
+
+    @torch.no_grad()
+    def batch(k: int, size: int) -> tuple[torch.Tensor, list[str]]:
+        images, _, captions = shapes.batch(seed, k * size, size)
+        x0 = vae.encode(torch.from_numpy(images)).latent_dist.sample() * scaling
+        return x0, captions
+
+    return batch
+
+
+@torch.no_grad()
+def sample_teacher(
+    unet,
+    encode: TextEncoder,
+    grid: DdimGrid,
+    prompts: list[str],
+    latent_shape: tuple[int, int, int],
+    steps: int,
+    guidance: float,
+    seed: int,
+) -> torch.Tensor:
+    """x₀ of a guided teacher's deterministic DDIM samples, one per prompt."""
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn((len(prompts), *latent_shape), generator=generator)
+    cond = torch.cat([encode([""] * len(prompts)), encode(prompts)])
+    for t in grid.timesteps(steps):
+        ts = torch.full((len(prompts),), t)
+        out = unet(torch.cat([z, z]), torch.cat([ts, ts]), cond).sample
+        eps_u, eps_c = out.chunk(2)
+        eps = guided_eps(eps_u, eps_c, torch.full((len(prompts),), guidance))
+        z = ddim_step(z, eps, grid.alpha_bar(ts), grid.alpha_bar(grid.previous(ts, steps)))
+    return z
+
+
+def teacher_stream(
+    unet,
+    encode: TextEncoder,
+    grid: DdimGrid,
+    prompts: list[str],
+    latent_shape: tuple[int, int, int],
+    pool: int,
+    steps: int,
+    guidance: float,
+    seed: int,
+    cache: Path,
+    chunk: int = 32,
+) -> LatentStream:
+    """A stream over `pool` teacher samples of the prompts (cycled), made once into `cache`."""
+    chosen = [prompts[i % len(prompts)] for i in range(pool)]
+    if cache.exists():
+        x0 = torch.load(cache, weights_only=True)
+    else:
+        parts = [
+            sample_teacher(
+                unet, encode, grid, chosen[i : i + chunk], latent_shape, steps, guidance, seed + i
+            )
+            for i in range(0, pool, chunk)
+        ]
+        x0 = torch.cat(parts)
+        with atomic_path(cache) as tmp:
+            torch.save(x0, tmp)
+
+    def batch(k: int, size: int) -> tuple[torch.Tensor, list[str]]:
+        index = [(k * size + i) % pool for i in range(size)]
+        return x0[index], [chosen[i] for i in index]
+
+    return batch

@@ -1,0 +1,297 @@
+"""Distillation: guidance and progressive students learn their targets, resume after a kill to
+the same weights, export, and run in the runtime as diffusers runs them (one pass, batch N)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="distillation needs the [train] extra")
+
+from edgediff.bundle.reader import Bundle  # noqa: E402
+from edgediff.errors import ExportError, InputError  # noqa: E402
+from edgediff.models.distill.grid import DdimGrid  # noqa: E402
+from edgediff.models.distill.math import (  # noqa: E402
+    ddim_step,
+    guidance_embedding,
+    guided_eps,
+    progressive_target,
+    x0_from_eps,
+)
+from edgediff.models.distill.recipes import DistillRecipe  # noqa: E402
+from edgediff.models.distill.run import distill, parse_guidance_range, parse_steps  # noqa: E402
+from edgediff.models.distill.students import guidance_student, predict  # noqa: E402
+
+STEPS = (2, 1)  # the guidance student at 2 steps, then one progressive round to 1
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Bitwise-equal resumption needs the same thread count in every process.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def distilled(checkpoints, tmp_path_factory) -> dict[int, Path]:
+    """The tiny checkpoint distilled with the quick preset: step count -> student checkpoint."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("distilled")
+    return distill(
+        checkpoints["tiny"], out, pool_guidance=3.0, recipe="quick", steps=STEPS, progress=False
+    )
+
+
+def _pipe(path: Path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(path), safety_checker=None, requires_safety_checker=False, local_files_only=True
+    )
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.float().eval().requires_grad_(False)
+    return pipe
+
+
+def _losses(run: Path, stage: str) -> list[float]:
+    return torch.load(run / "state" / stage / "done.pt", weights_only=False)["losses"]
+
+
+def _encode(pipe, captions: list[str]) -> torch.Tensor:
+    from edgediff.models.distill.data import text_encoder_of
+
+    return text_encoder_of(pipe)(captions)
+
+
+def _probe(pipe, t: list[int], seed: int = 7):
+    """A fixed batch the trainers never saw: noisy latents, timesteps, prompts, scales."""
+    g = torch.Generator().manual_seed(seed)
+    n, size = len(t), pipe.unet.config.sample_size
+    z = torch.randn((n, pipe.unet.config.in_channels, size, size), generator=g)
+    w = 1.0 + 7.0 * torch.rand(n, generator=g)
+    captions = ["a big red circle on the left", "a small blue star at the top"] * (n // 2)
+    return z, torch.tensor(t), _encode(pipe, captions), w
+
+
+def test_each_distillation_loss_falls(distilled):
+    run = distilled[STEPS[0]].parent
+    for stage in ("guidance", f"steps-{STEPS[1]}"):
+        losses = _losses(run, stage)
+        first, last = np.mean(losses[:8]), np.mean(losses[-8:])
+        assert last < first, (stage, first, last)
+
+
+def test_guidance_student_matches_the_guided_teacher_better_after_training(checkpoints, distilled):
+    teacher = _pipe(checkpoints["tiny"])
+    grid = DdimGrid.from_config(dict(teacher.scheduler.config))
+    z, t, cond, w = _probe(teacher, grid.timesteps(STEPS[0]) * 4)
+    uncond = _encode(teacher, [""] * len(t))
+    with torch.no_grad():
+        both = teacher.unet(torch.cat([z, z]), torch.cat([t, t]), torch.cat([uncond, cond]))
+        target = guided_eps(*both.sample.chunk(2), w)
+        before = guidance_student(teacher.unet).eval()
+        after = _pipe(distilled[STEPS[0]]).unet
+        error_before = torch.mean((predict(before, z, t, cond, w) - target) ** 2)
+        error_after = torch.mean((predict(after, z, t, cond, w) - target) ** 2)
+    assert error_after < error_before, (float(error_before), float(error_after))
+
+
+def test_progressive_student_does_in_one_step_what_its_teacher_does_in_two(distilled):
+    teacher_pipe, student = _pipe(distilled[STEPS[0]]), _pipe(distilled[STEPS[1]]).unet
+    teacher = teacher_pipe.unet
+    grid = DdimGrid.from_config(dict(teacher_pipe.scheduler.config))
+    n = STEPS[1]
+    z, t, cond, w = _probe(teacher_pipe, grid.timesteps(n) * 8)
+    t_mid, t_end = grid.previous(t, 2 * n), grid.previous(t, n)
+    a_t, a_mid, a_end = grid.alpha_bar(t), grid.alpha_bar(t_mid), grid.alpha_bar(t_end)
+    with torch.no_grad():
+        z_mid = ddim_step(z, predict(teacher, z, t, cond, w), a_t, a_mid)
+        z_end = ddim_step(z_mid, predict(teacher, z_mid, t_mid, cond, w), a_mid, a_end)
+        target = progressive_target(z, z_end, a_t, a_end)
+        error = {
+            name: torch.mean((x0_from_eps(z, predict(unet, z, t, cond, w), a_t) - target) ** 2)
+            for name, unet in (("before", teacher), ("after", student))
+        }
+    assert error["after"] < error["before"], error
+
+
+def test_targets_are_exact_for_a_ddim_step():
+    # The progressive target is the x that one DDIM step maps onto z_end: check it round-trips.
+    g = torch.Generator().manual_seed(0)
+    z_t, z_end = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
+    a_t, a_end = torch.tensor([0.05, 0.3, 0.6]), torch.tensor([0.5, 0.7, 0.9991])
+    x = progressive_target(z_t, z_end, a_t, a_end)
+    eps = (z_t - a_t.sqrt().view(-1, 1, 1, 1) * x) / (1 - a_t).sqrt().view(-1, 1, 1, 1)
+    torch.testing.assert_close(ddim_step(z_t, eps, a_t, a_end), z_end, rtol=1e-4, atol=1e-5)
+
+
+def test_guidance_embedding_is_diffusers_lcm_embedding_of_w_minus_one():
+    from diffusers import LatentConsistencyModelPipeline
+
+    w = torch.tensor([1.0, 3.0, 7.5])
+    theirs = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w - 1, 32)
+    torch.testing.assert_close(guidance_embedding(w, 32), theirs)
+
+
+_RUN = """
+import sys, torch
+torch.set_num_threads(1)
+from edgediff.models.distill.recipes import DistillRecipe
+from edgediff.models.distill.run import distill
+recipe = DistillRecipe("micro", "test", guidance_steps=12, round_steps=6, batch_size=4,
+                       warmup=2, ema_decay=0.9, checkpoint_every=3)
+distill(sys.argv[1], sys.argv[2], pool_guidance=3.0, recipe=recipe, steps=(2, 1), progress=False)
+"""
+
+
+def test_a_killed_distillation_resumes_to_the_same_weights(checkpoints, tmp_path):
+    ckpt = str(checkpoints["tiny"])
+    subprocess.run([sys.executable, "-c", _RUN, ckpt, str(tmp_path / "ref")], check=True)
+    work = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", _RUN, ckpt, str(work)])
+    state = work / "state" / "guidance" / "state.pt"
+    deadline = time.monotonic() + 180
+    while not state.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = subprocess.run(
+        [sys.executable, "-c", _RUN, ckpt, str(work)], check=True, capture_output=True, text=True
+    )
+    assert "guidance: resuming at step" in out.stdout
+    from safetensors.torch import load_file
+
+    weights = "steps-1/unet/diffusion_pytorch_model.safetensors"
+    ref, got = load_file(tmp_path / "ref" / weights), load_file(work / weights)
+    assert ref.keys() == got.keys()
+    for key in ref:
+        assert torch.equal(ref[key], got[key]), key
+
+
+def test_bad_options_are_refused_in_one_line(checkpoints, tmp_path):
+    with pytest.raises(InputError, match="each round halves the steps"):
+        parse_steps("8,3")
+    with pytest.raises(InputError, match="must list integers"):
+        parse_steps("8,x")
+    with pytest.raises(InputError, match="LOW:HIGH"):
+        parse_guidance_range("3")
+    with pytest.raises(InputError, match="0 <= LOW <= HIGH"):
+        parse_guidance_range("8:1")
+    with pytest.raises(InputError, match="Pass --prompts"):
+        distill(checkpoints["tiny"], tmp_path / "x", pool_guidance=3.0, data="teacher")
+    recipe = DistillRecipe("micro", "test", guidance_steps=1, round_steps=1, batch_size=2)
+    distill(
+        checkpoints["tiny"], tmp_path / "run", pool_guidance=3.0, recipe=recipe, steps=(2, 1),
+        progress=False,
+    )  # fmt: skip
+    with pytest.raises(InputError, match="holds a distillation run with other seed"):
+        distill(
+            checkpoints["tiny"], tmp_path / "run", pool_guidance=3.0, recipe=recipe,
+            steps=(2, 1), seed=5, progress=False,
+        )  # fmt: skip
+
+
+def test_teacher_data_distils_from_the_teachers_own_samples(checkpoints, tmp_path):
+    recipe = DistillRecipe(
+        "micro", "test", guidance_steps=4, round_steps=2, batch_size=4, teacher_pool=6,
+        teacher_pool_steps=2,
+    )  # fmt: skip
+    out = distill(
+        checkpoints["tiny"], tmp_path, pool_guidance=3.0, recipe=recipe, steps=(2, 1),
+        data="teacher", prompts=["a red circle", "a blue square"], progress=False,
+    )  # fmt: skip
+    pool = torch.load(tmp_path / "state" / "teacher-samples.pt", weights_only=True)
+    assert pool.shape[0] == 6 and torch.isfinite(pool).all()
+    assert (out[1] / "distillation.json").read_text().count('"data": "teacher"') == 1
+
+
+# ------------------------------------------------------------------ export and runtime
+
+
+@pytest.fixture(scope="module")
+def student_bundle(distilled, tmp_path_factory) -> Path:
+    from edgediff.export import export_checkpoint
+
+    root = tmp_path_factory.mktemp("student") / "bundle"
+    export_checkpoint(distilled[1], root, progress=False)
+    return root
+
+
+def test_export_records_what_the_student_was_distilled_for(student_bundle, distilled):
+    entry = Bundle.open(student_bundle).model("unet")
+    assert [s.name for s in entry.inputs] == [
+        "sample", "timestep", "encoder_hidden_states", "guidance",
+    ]  # fmt: skip
+    record = entry.distillation
+    assert record is not None and record.method == "progressive" and record.steps == (1,)
+    assert record.guidance_embedded and record.guidance_range == (1.0, 8.0)
+
+
+def test_runtime_equals_diffusers_forward_of_the_student(student_bundle, distilled):
+    from diffusers import DDIMScheduler, LatentConsistencyModelPipeline
+
+    from edgediff.runtime import Pipeline
+
+    pipe = _pipe(distilled[1])
+    prompts, w = ["a big red circle on the left", "a small blue star"], 3.0
+    size = pipe.unet.config.sample_size
+    latents = np.random.default_rng(0).standard_normal((2, 4, size, size), dtype=np.float32)
+    with Pipeline.load(student_bundle) as runtime:
+        assert runtime.guidance_embedded
+        ours = runtime(
+            prompts, num_inference_steps=1, guidance_scale=w, latents=latents, output_type="latent"
+        )
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(1)
+    cond = _encode(pipe, prompts)
+    embedding = LatentConsistencyModelPipeline.get_guidance_scale_embedding(
+        None, torch.full((2,), w - 1), pipe.unet.config.time_cond_proj_dim
+    )
+    x = torch.from_numpy(latents) * scheduler.init_noise_sigma
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps = pipe.unet(x, t, cond, timestep_cond=embedding).sample
+            x = scheduler.step(eps, t, x).prev_sample
+    np.testing.assert_allclose(ours, x.numpy(), atol=1e-3, rtol=1e-3)
+
+
+def test_runtime_runs_a_guidance_embedded_unet_once_on_batch_n(student_bundle):
+    from edgediff.runtime import Pipeline
+
+    with Pipeline.load(student_bundle) as pipe:
+        batches, feeds_seen = [], []
+        unet = pipe.models.unet
+
+        def noting(**feeds):
+            batches.append(feeds["sample"].shape[0])
+            feeds_seen.append(feeds["guidance"].tolist())
+            return unet(**feeds)
+
+        models = dataclasses.replace(pipe.models, unet=noting)
+        pipe(["a", "b"], num_inference_steps=2, guidance_scale=4.0, seed=0, models=models)
+        assert batches == [2, 2] and feeds_seen == [[4.0, 4.0], [4.0, 4.0]]
+        with pytest.raises(InputError, match="guidance-distilled without negative prompts"):
+            pipe("a", negative_prompt="blurry", num_inference_steps=1)
+
+
+def test_export_refuses_a_guidance_unet_without_its_record(distilled, tmp_path):
+    import shutil
+
+    from edgediff.export import export_checkpoint
+
+    bare = tmp_path / "bare"
+    shutil.copytree(distilled[1], bare)
+    (bare / "distillation.json").unlink()
+    with pytest.raises(ExportError, match=r"no distillation\.json"):
+        export_checkpoint(bare, tmp_path / "bundle", progress=False)
