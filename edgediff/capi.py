@@ -17,7 +17,7 @@ from edgediff.errors import BackendError, BundleError, EdgediffError, InputError
 from edgediff.runtime.backends import DEFAULT_BACKEND
 from edgediff.runtime.images import to_uint8
 from edgediff.runtime.pipeline import Pipeline
-from edgediff.runtime.request import DEFAULT_COUNT, DEFAULT_STEPS, GenerationRequest
+from edgediff.runtime.request import DEFAULT_COUNT, GenerationRequest
 
 # Status codes, as include/edgediff.h numbers them.
 OK, INVALID_ARGUMENT, BUNDLE, BACKEND, CANCELLED, INTERNAL = 0, 1, 2, 3, 4, 5
@@ -81,7 +81,7 @@ class CPipeline:
         request = GenerationRequest(
             prompt,
             negative_prompt=negative_prompt,
-            steps=steps or DEFAULT_STEPS,
+            steps=steps or None,
             guidance=guidance,
             seed=seed,
             height=height or None,

@@ -64,9 +64,13 @@ def precision_option(function: _F) -> _F:
 
 def steps_option(function: _F) -> _F:
     """--steps: DDIM steps of one generation."""
-    return click.option("--steps", default=DEFAULT_STEPS, show_default=True, help="DDIM steps.")(
-        function
-    )
+    return click.option(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"DDIM steps (default: the bundle's recommended count; {DEFAULT_STEPS} for a bundle "
+        "that recommends none).",
+    )(function)
 
 
 def guidance_option(function: _F) -> _F:
@@ -174,20 +178,47 @@ def cli() -> None:
 @click.option("--opset", default=18, show_default=True, help="ONNX opset version.")
 @force_option("Replace BUNDLE_DIR if it exists (after success).")
 @click.option("--no-verify", is_flag=True, help="Skip the comparison against PyTorch.")
-def export(checkpoint_dir, bundle_dir, fp16, fp16_vae, opset, force, no_verify) -> None:
+@click.option(
+    "--recommended-steps",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="The DDIM steps `generate` makes when none are asked for (a distilled bundle's best "
+    "trade-off).",
+)
+def export(
+    checkpoint_dir, bundle_dir, fp16, fp16_vae, opset, force, no_verify, recommended_steps
+) -> None:
     """Export a diffusers Stable Diffusion checkpoint folder to an ONNX bundle.
 
     Each component (text encoder, U-Net, VAE decoder and encoder) is exported with dynamic
     batch and spatial axes and checked against PyTorch at two shapes; the bundle's
     manifest.json records hashes, signatures and the measured errors.
+
+    CHECKPOINT_DIR may be an `edgediff distill` OUT folder: the student with the most steps
+    becomes the U-Net and every other one a U-Net for its step count (unet.steps-N), which
+    generation picks when asked for that many steps.
     """
+    from edgediff.bundle.schema import steps_variant
     from edgediff.export import export_checkpoint
+    from edgediff.export.bundle_writer import distilled_checkpoints
 
     if fp16_vae and not fp16:
         raise click.UsageError("--fp16-vae only makes sense with --fp16")
+    students = (
+        {}
+        if (checkpoint_dir / "model_index.json").exists()
+        else distilled_checkpoints(checkpoint_dir)
+    )
+    extras = {}
+    if students:
+        first, *others = students
+        checkpoint_dir = students[first]
+        extras = {steps_variant(n): students[n] for n in others}
     manifest = export_checkpoint(
         checkpoint_dir,
         bundle_dir,
+        extra_unets=extras,
+        recommended_steps=recommended_steps,
         fp16=fp16,
         fp16_vae=fp16_vae,
         opset=opset,
@@ -273,10 +304,12 @@ def generate(
         count=count,
     ).with_seed()
     with Pipeline.load(bundle, backend=backend, precision=precision) as pipe:
+        steps = request.steps or pipe.default_steps
         images = pipe(**request.pipeline_arguments(), progress=True)
         seconds = pipe.last_timings.total
         root = pipe.bundle.root
     record = request.provenance(
+        steps=steps,
         height=images[0].height,
         width=images[0].width,
         bundle=str(root),
@@ -364,6 +397,7 @@ def evaluate(
     if prompts < 1 or held_out < 0:
         raise InputError("--prompts must be at least 1 and --held-out at least 0", "Fix the counts")
     with Pipeline.load(bundle_dir, backend=backend, precision=precision) as pipeline:
+        steps = steps or pipeline.default_steps
         scores = run(pipeline, Evaluator.load(), prompts, held_out, steps, guidance, seed)
     if as_json:
         settings = {"steps": steps, "guidance": guidance, "seed": seed, "precision": precision}

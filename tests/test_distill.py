@@ -221,21 +221,44 @@ def test_teacher_data_distils_from_the_teachers_own_samples(checkpoints, tmp_pat
 
 @pytest.fixture(scope="module")
 def student_bundle(distilled, tmp_path_factory) -> Path:
-    from edgediff.export import export_checkpoint
+    """The whole distillation run exported as one bundle, through the CLI."""
+    from click.testing import CliRunner
+
+    from edgediff.cli import cli
 
     root = tmp_path_factory.mktemp("student") / "bundle"
-    export_checkpoint(distilled[1], root, progress=False)
+    run = distilled[STEPS[0]].parent
+    result = CliRunner().invoke(cli, ["export", str(run), str(root), "--recommended-steps", "1"])
+    assert result.exit_code == 0, result.output
     return root
 
 
-def test_export_records_what_the_student_was_distilled_for(student_bundle, distilled):
-    entry = Bundle.open(student_bundle).model("unet")
-    assert [s.name for s in entry.inputs] == [
-        "sample", "timestep", "encoder_hidden_states", "guidance",
-    ]  # fmt: skip
-    record = entry.distillation
-    assert record is not None and record.method == "progressive" and record.steps == (1,)
-    assert record.guidance_embedded and record.guidance_range == (1.0, 8.0)
+def test_export_records_what_each_student_was_distilled_for(student_bundle):
+    bundle = Bundle.open(student_bundle)
+    assert bundle.manifest.recommended_steps == 1
+    for component, method, steps in (("unet", "guidance", 2), ("unet.steps-1", "progressive", 1)):
+        entry = bundle.model(component)
+        assert [s.name for s in entry.inputs] == [
+            "sample", "timestep", "encoder_hidden_states", "guidance",
+        ]  # fmt: skip
+        record = entry.distillation
+        assert record is not None and (record.method, record.steps) == (method, (steps,))
+        assert record.guidance_embedded and record.guidance_range == (1.0, 8.0)
+    assert bundle.manifest.scheduler["timestep_spacing"] == "trailing"
+
+
+def test_runtime_picks_the_unet_distilled_for_the_steps_asked(student_bundle):
+    from edgediff.runtime import Pipeline
+
+    with Pipeline.load(student_bundle) as pipe:
+        assert pipe.default_steps == 1  # the bundle's recommendation
+        assert (pipe.unet_for(1), pipe.unet_for(2), pipe.unet_for(3)) == (
+            "unet.steps-1", "unet", "unet",
+        )  # fmt: skip
+        assert "unet.steps-1" not in pipe.sessions  # loaded on first use
+        pipe("a red circle", seed=0, output_type="np")
+        assert "unet.steps-1" in pipe.sessions
+        assert pipe.last_timings.components.keys() == {"text_encoder", "unet", "vae_decoder"}
 
 
 def test_runtime_equals_diffusers_forward_of_the_student(student_bundle, distilled):

@@ -51,6 +51,7 @@ _MINIMUMS: dict[str, float] = {
             "num_train_timesteps",
             "height",
             "width",
+            "recommended_steps",
         ),
         1,
     ),

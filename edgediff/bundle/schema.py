@@ -21,6 +21,22 @@ FORMAT = "edgediff-bundle"
 FORMAT_VERSION = 1
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 REQUIRED_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+# A bundle may hold more than one model of a kind: "unet.steps-2" is the U-Net distilled for 2
+# steps, "vae_decoder.tiny" a small decoder. Such variants are components of their own (models
+# by precision, engines, quantisation), named KIND.VARIANT.
+VARIANT_SEPARATOR = "."
+
+
+def kind_of(component: str) -> str:
+    """The kind a component name stands for: "unet" for "unet" and for "unet.steps-2"."""
+    return component.split(VARIANT_SEPARATOR, 1)[0]
+
+
+def steps_variant(steps: int) -> str:
+    """The component name of the U-Net distilled for `steps` DDIM steps."""
+    return f"unet{VARIANT_SEPARATOR}steps-{steps}"
+
+
 # Precisions a component's model may have: float exports, then Q/DQ models.
 FLOAT_PRECISIONS = ("fp32", "fp16")
 QUANTIZED_PRECISIONS = ("int8", "fp8")
@@ -237,6 +253,9 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     engines: tuple[EngineEntry, ...] = ()
     calibration: Calibration | None = None
+    # DDIM steps to generate with when none are asked for (a distilled bundle's best trade-off);
+    # None: the runtime's default.
+    recommended_steps: int | None = None
     edgediff_version: str = __version__
     format_version: int = FORMAT_VERSION
 

@@ -18,7 +18,7 @@ from edgediff.bundle.reader import Bundle
 from edgediff.bundle.schema import Calibration
 from edgediff.errors import BundleError, InputError
 from edgediff.runtime.pipeline import PIPELINE_COMPONENTS, ModelCall, Models, Pipeline
-from edgediff.runtime.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from edgediff.runtime.request import DEFAULT_GUIDANCE
 
 FOLDER = "calibration"
 PROMPTS_FILE = f"{FOLDER}/prompts.txt"
@@ -64,7 +64,7 @@ def sample_inputs(
 
     batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
     calls: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in RECORDED}
-    models = recording(pipeline.models, calls)
+    models = recording(pipeline.models_for(steps), calls)
     for k, chunk in enumerate(
         tqdm(batches, desc="calibrating", unit="batch", disable=not progress)
     ):
@@ -95,7 +95,7 @@ def calibrate(
     bundle_dir: str | Path,
     prompts: list[str],
     samples: int = 32,
-    steps: int = DEFAULT_STEPS,
+    steps: int | None = None,
     guidance: float = DEFAULT_GUIDANCE,
     seed: int = 0,
     batch_size: int = 4,
@@ -121,10 +121,11 @@ def calibrate(
                     "fp32 model",
                     "Export the checkpoint without --fp16 and calibrate that bundle",
                 )
-        if steps < 1:
+        if steps is not None and steps < 1:
             raise InputError(f"--steps must be >= 1, got {steps}")
         chosen = choose_prompts(prompts, samples)
         with Pipeline.load(bundle, precision="fp32") as pipeline:
+            steps = pipeline.default_steps if steps is None else steps
             arrays = sample_inputs(
                 pipeline, chosen, steps, guidance, seed, batch_size, progress, height, width
             )

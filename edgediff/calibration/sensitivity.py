@@ -125,7 +125,8 @@ def measure(pipeline: Pipeline, component: str, model: Path, probe: Probe) -> fl
     """Paired PSNR (dB) of the pipeline's output with `model` as `component`, against fp32."""
     session = pipeline.backend.load(model)
     try:
-        trial = replace(pipeline.models, **{component: lambda **feeds: session.run(feeds)})
+        base = pipeline.models_for(probe.steps)
+        trial = replace(base, **{component: lambda **feeds: session.run(feeds)})
         out = sample(pipeline, probe, trial)
     finally:
         session.close()

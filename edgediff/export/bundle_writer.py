@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -19,6 +20,7 @@ from edgediff.bundle.schema import (
     DistillationRecord,
     Manifest,
     ModelEntry,
+    kind_of,
 )
 from edgediff.bundle.typed_json import FieldError, decode
 from edgediff.errors import ExportError
@@ -161,6 +163,8 @@ def _export_into(
     tx: BundleEdit,
     checkpoint: Path,
     *,
+    extra_unets: dict[str, Path],
+    recommended_steps: int | None,
     fp16: bool,
     fp16_vae: bool,
     opset: int,
@@ -214,10 +218,15 @@ def _export_into(
         bar.close()
         if helper is not None:
             helper.stop()
-    shutil.rmtree(root / SCRATCH, ignore_errors=True)
     entries["unet"] = replace(
         entries["unet"], distillation=distillation_of(checkpoint, ckpt.guidance_embedded)
     )
+    for name, folder in extra_unets.items():
+        if progress:
+            tqdm.write(f"export: {name} from {folder}")
+        entries[name] = _export_extra_unet(name, folder, jobs["unet"], verify)
+        source[name] = {"checkpoint": folder.resolve().name, "sha256": checkpoint_sha256(folder)}
+    shutil.rmtree(root / SCRATCH, ignore_errors=True)
     tx.set_manifest(
         Manifest(
             model=ckpt.model,
@@ -227,12 +236,61 @@ def _export_into(
                 c: Component(
                     default=entries[c].precision, models={entries[c].precision: entries[c]}
                 )
-                for c in COMPONENTS
+                for c in [*COMPONENTS, *extra_unets]
             },
             files={},  # every file written is hashed in when the edit commits
             source=source,
+            recommended_steps=recommended_steps,
         )
     )
+
+
+def _export_extra_unet(name: str, folder: Path, base: Any, verify: bool) -> ModelEntry:
+    """Another U-Net of the bundle (a student for another step count), exported like the first."""
+    from edgediff.export.checkpoint import check_checkpoint, load_checkpoint
+    from edgediff.export.components import graph_kind, verification_inputs
+    from edgediff.export.workers import run_job
+
+    check_checkpoint(folder)
+    ckpt = load_checkpoint(folder)
+    kind = graph_kind("unet", ckpt.guidance_embedded)
+    # A U-Net's checks take no token ids; the same checks serve every U-Net of one kind.
+    if kind == base.kind:
+        cases = base.cases
+    else:
+        cases = tuple(verification_inputs(kind, ckpt.model, [None, None]))
+    job = dataclasses.replace(
+        base, component=name, kind=kind, checkpoint=str(folder), cases=cases if verify else ()
+    )
+    entry = _entry(run_job(job, None), verify)
+    return replace(entry, distillation=distillation_of(folder, ckpt.guidance_embedded))
+
+
+def distilled_checkpoints(folder: Path) -> dict[int, Path]:
+    """Step count -> student checkpoint of an `edgediff distill` OUT folder ({} if it is not
+    one): OUT/steps-N folders that hold a pipeline."""
+    found = {}
+    for sub in folder.glob("steps-*"):
+        count = sub.name.removeprefix("steps-")
+        if count.isdigit() and (sub / "model_index.json").is_file():
+            found[int(count)] = sub
+    return dict(sorted(found.items(), reverse=True))
+
+
+def shares_text_encoder_and_vae(base: Path, other: Path) -> bool:
+    """Whether two checkpoints hold the same text encoder, tokenizer and VAE files (students
+    of one distillation do), so one bundle can serve both U-Nets."""
+    from edgediff.bundle.files import sha256_file
+
+    def digest(folder: Path) -> list[tuple[str, str]]:
+        return [
+            (p.relative_to(folder).as_posix(), sha256_file(p))
+            for sub in ("text_encoder", "vae", "tokenizer")
+            for p in sorted((folder / sub).glob("*"))
+            if p.is_file()
+        ]
+
+    return digest(base) == digest(other)
 
 
 def export_checkpoint(
@@ -246,19 +304,40 @@ def export_checkpoint(
     verify: bool = True,
     progress: bool = True,
     workers: int | None = None,
+    extra_unets: dict[str, str | os.PathLike] | None = None,
+    recommended_steps: int | None = None,
 ) -> Manifest:
-    """Export a diffusers SD checkpoint folder to a verified ONNX bundle folder, all or nothing."""
+    """Export a diffusers SD checkpoint folder to a verified ONNX bundle folder, all or nothing.
+
+    `extra_unets` adds more U-Nets (component name -> checkpoint folder sharing this one's text
+    encoder and VAE), e.g. "unet.steps-2" from `edgediff distill`; `recommended_steps` is what
+    generation uses when no step count is asked for.
+    """
     from edgediff.export.checkpoint import check_checkpoint
 
     checkpoint, bundle = Path(checkpoint_dir), Path(bundle_dir)
+    extras = {name: Path(folder) for name, folder in (extra_unets or {}).items()}
     check_destination(bundle, force)
     check_checkpoint(checkpoint)  # the cheap checks, before any folder is created
+    for name, folder in extras.items():
+        check_checkpoint(folder)
+        if kind_of(name) != "unet" or name == "unet":
+            raise ExportError(f"'{name}' is not a name for another U-Net", "Use e.g. unet.steps-2")
+        if not shares_text_encoder_and_vae(checkpoint, folder):
+            raise ExportError(
+                f"'{folder}' has another text encoder, tokenizer or VAE than '{checkpoint}'",
+                "One bundle's U-Nets must share them: export the students of one distillation",
+            )
+    if recommended_steps is not None and recommended_steps < 1:
+        raise ExportError(f"recommended steps must be >= 1, got {recommended_steps}")
     if workers is None:
         workers = 2 if _available_cpus() >= 2 else 1
     with create(bundle, "edgediff export", force) as tx:
         _export_into(
             tx,
             checkpoint,
+            extra_unets=extras,
+            recommended_steps=recommended_steps,
             fp16=fp16,
             fp16_vae=fp16_vae,
             opset=opset,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgediff.bundle.schema import ModelConfig, TensorSpec
+from edgediff.bundle.schema import ModelConfig, TensorSpec, kind_of
 from edgediff.errors import EdgediffError, ExportError
 from edgediff.quiet import captured_output, first_line
 
@@ -96,7 +96,7 @@ def export_component(
     final = root / rel
     final.parent.mkdir(parents=True, exist_ok=True)
     kind = job.kind or job.component
-    wrapper = wrap(kind, load() if load else load_component(job.checkpoint, job.component))
+    wrapper = wrap(kind, load() if load else load_component(job.checkpoint, kind_of(job.component)))
     threads = torch.get_num_threads()
     if job.threads:
         torch.set_num_threads(job.threads)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edgediff.bundle.flavours import describe
 from edgediff.bundle.reader import Bundle
-from edgediff.bundle.schema import EngineEntry, ModelEntry, TensorSpec
+from edgediff.bundle.schema import EngineEntry, ModelEntry, TensorSpec, kind_of
 
 
 def _table(header: list[str] | None, rows: list[list[str]]) -> str:
@@ -98,22 +98,20 @@ def format_bundle(bundle: Bundle) -> str:
             ),
         ],
     ]
-    unet = (
-        m.components["unet"].models.get(m.components["unet"].default)
-        if "unet" in m.components
-        else None
-    )
-    if unet is not None and unet.distillation is not None:
-        d = unet.distillation
-        low, high = d.guidance_range
-        facts.append(
-            [
-                "distilled",
-                f"{d.method} for {', '.join(map(str, d.steps))} DDIM steps; guidance {low:g} to "
-                f"{high:g} embedded (one U-Net pass a step); no negative prompts; teacher "
-                f"{d.teacher_unet_sha256[:12]}, data {d.data}",
-            ]
-        )
+    for name, comp in m.components.items():
+        record = comp.models[comp.default].distillation
+        if kind_of(name) == "unet" and record is not None:
+            low, high = record.guidance_range
+            facts.append(
+                [
+                    f"distilled {name}",
+                    f"{record.method} for {', '.join(map(str, record.steps))} DDIM steps; guidance "
+                    f"{low:g} to {high:g} embedded (one U-Net pass a step); no negative prompts; "
+                    f"teacher {record.teacher_unet_sha256[:12]}, data {record.data}",
+                ]
+            )
+    if m.recommended_steps is not None:
+        facts.append(["recommended steps", str(m.recommended_steps)])
     if m.calibration is not None:
         c = m.calibration
         facts.append(

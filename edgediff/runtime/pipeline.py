@@ -14,7 +14,13 @@ import numpy as np
 
 from edgediff.bundle.engine_compat import require_compatible
 from edgediff.bundle.reader import Bundle
-from edgediff.bundle.schema import REQUIRED_COMPONENTS, DistillationRecord, ModelEntry
+from edgediff.bundle.schema import (
+    REQUIRED_COMPONENTS,
+    DistillationRecord,
+    ModelEntry,
+    kind_of,
+    steps_variant,
+)
 from edgediff.errors import BundleError, InputError
 from edgediff.runtime import request_checks as checks
 from edgediff.runtime.backends import DEFAULT_BACKEND, Backend, Session, get_backend
@@ -38,7 +44,7 @@ PIPELINE_COMPONENTS = REQUIRED_COMPONENTS  # the denoising pipeline runs exactly
 def _entry(bundle: Bundle, component: str, precision: str | None) -> ModelEntry:
     """The model a precision loads: the U-Net must have it; other components use it if they
     have it (quantisation pays off mostly in the U-Net) and their default otherwise."""
-    if precision is None or component == "unet":
+    if precision is None or kind_of(component) == "unet":
         return bundle.model(component, precision)
     models = bundle.manifest.components[component].models
     return models[precision] if precision in models else bundle.model(component)
@@ -135,6 +141,9 @@ class Pipeline:
         self.last_timings = Timings()
         # The bundle files each component was loaded from (set by load()).
         self.model_files: dict[str, tuple[str, ...]] = {}
+        # How load() picked models, for U-Net variants loaded on first use.
+        self._precision: str | None = None
+        self._verify = True
 
     @classmethod
     def load(
@@ -180,6 +189,7 @@ class Pipeline:
             raise
         pipeline = cls(bundle, sessions, tokenizer, scheduler, backend, owns_backend)
         pipeline.model_files = {name: files for name, (_, _, files) in models.items()}
+        pipeline._precision, pipeline._verify = precision, verify
         return pipeline
 
     def close(self) -> None:
@@ -199,16 +209,44 @@ class Pipeline:
 
     # ------------------------------------------------------------ the models and the steps
 
+    def unet_for(self, steps: int | None) -> str:
+        """The U-Net component that runs `steps` steps: the one distilled for that many if the
+        bundle has it, else "unet"."""
+        variant = steps_variant(steps) if steps is not None else None
+        return variant if variant in self.bundle.manifest.components else "unet"
+
+    def models_for(self, steps: int | None) -> Models:
+        """The model calls of a `steps`-step generation, each timed into last_timings."""
+        return Models(
+            text_encoder=self._timed("text_encoder"),
+            unet=self._timed(self.unet_for(steps)),
+            vae_decoder=self._timed("vae_decoder"),
+        )
+
     @property
     def models(self) -> Models:
-        """The loaded sessions as model calls, each timed into last_timings."""
-        return Models(**{name: self._timed(name) for name in PIPELINE_COMPONENTS})
+        """The model calls of a generation at the bundle's default U-Net."""
+        return self.models_for(None)
+
+    def _session(self, component: str) -> Session:
+        """The session of `component`, loaded (and hash-checked) the first time it is needed:
+        a bundle's other U-Nets cost nothing until a step count asks for one."""
+        if component not in self.sessions:
+            file, precision, files = _model(self.bundle, self.backend, component, self._precision)
+            if self._verify:
+                self.bundle.verify(list(files))
+            self.sessions[component] = self.backend.load(self.bundle.path(file), precision)
+            self.model_files[component] = files
+        return self.sessions[component]
 
     def _timed(self, component: str) -> ModelCall:
+        kind = kind_of(component)
+
         def run(**feeds: np.ndarray) -> dict[str, np.ndarray]:
+            session = self._session(component)
             start = time.perf_counter()
-            out = self.sessions[component].run(feeds)
-            self.last_timings.add(component, time.perf_counter() - start)
+            out = session.run(feeds)
+            self.last_timings.add(kind, time.perf_counter() - start)
             return out
 
         return run
@@ -239,27 +277,42 @@ class Pipeline:
         noise = rng.standard_normal(shape, dtype=np.float32)
         return noise * np.float32(self.scheduler.init_noise_sigma)
 
-    @property
-    def distillation(self) -> DistillationRecord | None:
-        """What the loaded U-Net was distilled for (None: not distilled)."""
-        source = self.model_files.get("unet", ("",))[0]
+    def distillation_for(self, steps: int | None) -> DistillationRecord | None:
+        """What the U-Net of a `steps`-step generation was distilled for (None: not distilled)."""
+        component = self.unet_for(steps)
+        self._session(component)
+        source = self.model_files[component][0]
         # An engine names the ONNX model it was built from, which holds the record.
         source = {e.file: e.onnx for e in self.bundle.manifest.engines}.get(source, source)
-        for entry in self.bundle.manifest.components["unet"].models.values():
+        for entry in self.bundle.manifest.components[component].models.values():
             if entry.file == source:
                 return entry.distillation
         return None
 
+    def guidance_embedded_for(self, steps: int | None) -> bool:
+        """Whether that U-Net was guidance-distilled: it takes w and runs once on batch N."""
+        return "guidance" in self._session(self.unet_for(steps)).input_names
+
     @property
     def guidance_embedded(self) -> bool:
-        """Whether the U-Net was guidance-distilled: it takes w and runs once on batch N."""
-        return "guidance" in self.sessions["unet"].input_names
+        """Whether the bundle's default U-Net takes w as an input."""
+        return self.guidance_embedded_for(None)
+
+    @property
+    def default_steps(self) -> int:
+        """Steps a call makes when none are asked for: the bundle's recommendation, if any."""
+        return self.bundle.manifest.recommended_steps or DEFAULT_STEPS
 
     def denoiser(
-        self, cond: np.ndarray, guidance_scale: float, models: Models | None = None
+        self,
+        cond: np.ndarray,
+        guidance_scale: float,
+        models: Models | None = None,
+        steps: int | None = None,
     ) -> Callable[[np.ndarray, int], np.ndarray]:
-        """The guided U-Net as a function of (latents, timestep), for a sampler to walk with."""
-        run = (models or self.models).unet
+        """The guided U-Net of a `steps`-step generation as a function of (latents, timestep),
+        for a sampler to walk with."""
+        run = (models or self.models_for(steps)).unet
 
         def noise_prediction(
             sample: np.ndarray, t: int, embeddings: np.ndarray, *guidance: np.ndarray
@@ -273,7 +326,7 @@ class Pipeline:
                 feeds["guidance"] = guidance[0]
             return run(**feeds)["out_sample"].astype(np.float32)
 
-        if self.guidance_embedded:
+        if self.guidance_embedded_for(steps):
             return embedded_denoiser(noise_prediction, cond, guidance_scale)
         return cfg_denoiser(noise_prediction, cond, guidance_scale)
 
@@ -289,7 +342,7 @@ class Pipeline:
         self,
         prompt: str | Sequence[str],
         negative_prompt: str | Sequence[str] | None = None,
-        num_inference_steps: int = DEFAULT_STEPS,
+        num_inference_steps: int | None = None,
         guidance_scale: float = DEFAULT_GUIDANCE,
         eta: float = DEFAULT_ETA,
         height: int | None = None,
@@ -304,11 +357,15 @@ class Pipeline:
     ) -> Any:
         """Generate images. Returns PIL images, float32 N×H×W×3 in [0, 1] ("np") or latents.
 
-        `callback(step, num_steps, latents)` runs after each denoising step. `models` replaces
-        the loaded model calls (default: self.models), e.g. to record what each one is fed.
+        `num_inference_steps` None makes the bundle's recommended count (`default_steps`); a
+        bundle with a U-Net distilled for the count asked runs that one. `callback(step,
+        num_steps, latents)` runs after each denoising step. `models` replaces the model calls
+        (default: models_for(num_inference_steps)), e.g. to record what each one is fed.
         """
         prompts = checks.prompts(prompt, "prompt")
         n = checks.integer(num_images_per_prompt, "num_images_per_prompt", 1)
+        if num_inference_steps is None:
+            num_inference_steps = self.default_steps
         num_inference_steps = checks.integer(
             num_inference_steps, "num_inference_steps", 1, self.scheduler.num_train_timesteps
         )
@@ -325,8 +382,10 @@ class Pipeline:
             self.config.latent_channels,
             self.config.vae_scale_factor,
         )
-        if self.guidance_embedded:
-            negatives = self._check_embedded_guidance(negative_prompt, guidance_scale)
+        if self.guidance_embedded_for(num_inference_steps):
+            negatives = self._check_embedded_guidance(
+                negative_prompt, guidance_scale, num_inference_steps
+            )
         else:
             negatives = _check_negatives(negative_prompt, len(prompts), guidance_scale)
         if latents is not None and len(latents) != len(prompts) * n:
@@ -338,14 +397,14 @@ class Pipeline:
         start = time.perf_counter()
         rng = np.random.default_rng(seed)
 
-        models = models or self.models
+        models = models or self.models_for(num_inference_steps)
         cond = self.encode(prompts, negatives, n, models)
         if latents is None:
             x = self.initial_latents(len(prompts) * n, height, width, rng)
         else:
             x = latents * np.float32(self.scheduler.init_noise_sigma)
         x = sample_ddim(
-            self.denoiser(cond, guidance_scale, models),
+            self.denoiser(cond, guidance_scale, models, num_inference_steps),
             x,
             self.scheduler,
             num_inference_steps,
@@ -358,7 +417,9 @@ class Pipeline:
         self.last_timings.total = time.perf_counter() - start
         return to_pil(result) if output_type == "pil" else result
 
-    def _check_embedded_guidance(self, negative_prompt: Any, guidance_scale: float) -> None:
+    def _check_embedded_guidance(
+        self, negative_prompt: Any, guidance_scale: float, steps: int
+    ) -> None:
         """A guidance-distilled U-Net has no unconditional pass, so no negative prompt."""
         if negative_prompt not in (None, "", [""]):
             raise InputError(
@@ -366,7 +427,7 @@ class Pipeline:
                 "cannot use one",
                 "Drop the negative prompt, or generate with the teacher's bundle",
             )
-        distilled = self.distillation
+        distilled = self.distillation_for(steps)
         if distilled is not None:
             low, high = distilled.guidance_range
             if not low <= guidance_scale <= high:

@@ -44,7 +44,7 @@ class GenerationRequest:
 
     prompt: str
     negative_prompt: str | None = None
-    steps: int = DEFAULT_STEPS
+    steps: int | None = None  # None: the bundle's recommended count (DEFAULT_STEPS if none)
     guidance: float = DEFAULT_GUIDANCE
     eta: float = DEFAULT_ETA
     seed: int | None = None  # None: new_seed(), recorded in the provenance
@@ -73,13 +73,20 @@ class GenerationRequest:
         }
 
     def provenance(
-        self, *, height: int, width: int, bundle: str, backend: str, precision: str | None
+        self,
+        *,
+        steps: int,
+        height: int,
+        width: int,
+        bundle: str,
+        backend: str,
+        precision: str | None,
     ) -> dict[str, Any]:
         """The record stored in each PNG's text chunk: enough to make the image again."""
         return {
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
-            "steps": self.steps,
+            "steps": steps,
             "guidance": self.guidance,
             "eta": self.eta,
             "seed": self.seed,
@@ -93,5 +100,8 @@ class GenerationRequest:
 
 
 def c_defaults() -> dict[str, float | int]:
-    """The defaults of the C API's edgediff_request, as the library's build compiles them in."""
-    return {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "count": DEFAULT_COUNT, "seed": 0}
+    """The defaults of the C API's edgediff_request, as the library's build compiles them in.
+
+    C has no None: steps 0 asks for the bundle's recommended count, decided at run time.
+    """
+    return {"steps": 0, "guidance": DEFAULT_GUIDANCE, "count": DEFAULT_COUNT, "seed": 0}
