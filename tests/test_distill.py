@@ -318,3 +318,19 @@ def test_export_refuses_a_guidance_unet_without_its_record(distilled, tmp_path):
     (bare / "distillation.json").unlink()
     with pytest.raises(ExportError, match=r"no distillation\.json"):
         export_checkpoint(bare, tmp_path / "bundle", progress=False)
+
+
+def test_engines_plan_every_unet_with_the_images_batch(student_bundle):
+    from edgediff.bundle.engine_compat import Platform
+    from edgediff.bundle.flavours import Toolkit
+    from edgediff.engines.plan import BuildRequest, plan_engines
+    from edgediff.engines.profiles import Span
+
+    orin = Platform(Toolkit("tensorrt", "10.3.0"), "Orin", "8.7")
+    request = BuildRequest(batch=Span(1, 2, 4))
+    plans = {p.component: p for p in plan_engines(Bundle.open(student_bundle), request, orin)}
+    assert set(plans) == {"text_encoder", "unet", "unet.steps-1", "vae_decoder"}
+    for name in ("unet", "unet.steps-1"):
+        low, opt, high = plans[name].profile["sample"]
+        assert (low[0], opt[0], high[0]) == (1, 2, 4)  # one pass on N, not [uncond; cond]
+        assert plans[name].profile["guidance"] == ((1,), (2,), (4,))

@@ -15,14 +15,14 @@ from typing import Any
 from edgediff.bundle.engine_compat import Platform, sm_of
 from edgediff.bundle.flavours import Toolkit
 from edgediff.bundle.reader import Bundle
-from edgediff.bundle.schema import QUANTIZED_PRECISIONS, EngineEntry, ModelEntry
+from edgediff.bundle.schema import QUANTIZED_PRECISIONS, EngineEntry, ModelEntry, kind_of
 from edgediff.engines.profiles import (
-    PROFILED_COMPONENTS,
     Profile,
     SizeRange,
     Span,
     component_profile,
     dim_spans,
+    profiled_components,
 )
 from edgediff.errors import EngineError, InputError
 
@@ -251,13 +251,13 @@ def source_models(
     typed flavours take precision from the graph, so fp16 kernels need an fp16 model.
     """
     chosen = {}
-    for component in PROFILED_COMPONENTS:
+    for component in profiled_components(bundle.manifest.components):
         models = bundle.manifest.components[component].models
         if precision in QDQ_PRECISIONS and precision in models:
             chosen[component] = precision
         elif not toolkit.always_strongly_typed:
             chosen[component] = "fp16" if "fp16" in models else "fp32"
-        elif component == "vae_decoder" and not request.fp16_vae and "fp32" in models:
+        elif kind_of(component) == "vae_decoder" and not request.fp16_vae and "fp32" in models:
             chosen[component] = "fp32"  # fp16 VAEs overflow in some checkpoints; opt in
         else:
             chosen[component] = "fp16"
@@ -300,7 +300,7 @@ def plan_engines(bundle: Bundle, request: BuildRequest, platform: Platform) -> l
     spans = dim_spans(request.batch, size, config, request.static)
     chosen = source_models(bundle, request, precision, toolkit)
     plans = []
-    for component in PROFILED_COMPONENTS:
+    for component in profiled_components(bundle.manifest.components):
         source = bundle.model(component, chosen[component])
         plans.append(
             EnginePlan(

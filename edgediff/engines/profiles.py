@@ -9,9 +9,10 @@ batch runs from MIN to 2·MAX and is optimised at 2·OPT. The text length is fix
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from edgediff.bundle.schema import ModelConfig, TensorSpec
+from edgediff.bundle.schema import ModelConfig, TensorSpec, kind_of
 from edgediff.errors import InputError
 
 
@@ -110,7 +111,14 @@ _DIMS: dict[str, dict[str, str]] = {
         "latent_width": "latent_width",
     },
 }
-PROFILED_COMPONENTS = tuple(_DIMS)
+PROFILED_KINDS = tuple(_DIMS)
+
+
+def profiled_components(components: Iterable[str]) -> list[str]:
+    """The components of a bundle that get engines: every one of a profiled kind, variants
+    (unet.steps-2) included."""
+    return [c for c in components if kind_of(c) in PROFILED_KINDS]
+
 
 # input name -> (min shape, opt shape, max shape)
 Profile = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
@@ -135,9 +143,12 @@ def component_profile(
     component: str, inputs: tuple[TensorSpec, ...], spans: dict[str, Span]
 ) -> Profile:
     """min/opt/max shapes of each of a component's inputs that has a symbolic dim."""
-    dims = _DIMS.get(component)
+    dims = _DIMS.get(kind_of(component))
     if dims is None:
         raise InputError(f"no engine profile is defined for '{component}'")
+    if any(spec.name == "guidance" for spec in inputs):
+        # A guidance-distilled U-Net runs once on the images' batch, not on [uncond; cond].
+        dims = {**dims, "batch": "batch"}
     profile: Profile = {}
     for spec in inputs:
         if all(isinstance(d, int) for d in spec.shape):
