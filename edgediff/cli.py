@@ -196,11 +196,13 @@ def export(
 
     CHECKPOINT_DIR may be an `edgediff distill` OUT folder: the student with the most steps
     becomes the U-Net and every other one a U-Net for its step count (unet.steps-N), which
-    generation picks when asked for that many steps.
+    generation picks when asked for that many steps; its tiny decoder becomes vae_decoder.tiny
+    (`generate --decoder tiny`).
     """
     from edgediff.bundle.schema import steps_variant
     from edgediff.export import export_checkpoint
     from edgediff.export.bundle_writer import distilled_checkpoints
+    from edgediff.models.distill.run import TINY_DECODER_FOLDER
 
     if fp16_vae and not fp16:
         raise click.UsageError("--fp16-vae only makes sense with --fp16")
@@ -209,15 +211,19 @@ def export(
         if (checkpoint_dir / "model_index.json").exists()
         else distilled_checkpoints(checkpoint_dir)
     )
-    extras = {}
+    extras, tiny = {}, None
     if students:
+        run_dir = checkpoint_dir
         first, *others = students
         checkpoint_dir = students[first]
         extras = {steps_variant(n): students[n] for n in others}
+        if (run_dir / TINY_DECODER_FOLDER / "config.json").is_file():
+            tiny = run_dir / TINY_DECODER_FOLDER
     manifest = export_checkpoint(
         checkpoint_dir,
         bundle_dir,
         extra_unets=extras,
+        tiny_decoder=tiny,
         recommended_steps=recommended_steps,
         fp16=fp16,
         fp16_vae=fp16_vae,
@@ -258,6 +264,13 @@ MAX_COUNT = 4096
 @backend_option
 @precision_option
 @click.option(
+    "--decoder",
+    type=click.Choice(["full", "tiny"]),
+    default="full",
+    show_default=True,
+    help="The VAE's decoder, or the bundle's tiny one (from `edgediff distill`; faster).",
+)
+@click.option(
     "--out",
     type=click.Path(path_type=Path),
     default=DEFAULT_OUTPUT,
@@ -278,6 +291,7 @@ def generate(
     eta,
     backend,
     precision,
+    decoder,
     out,
     force,
 ) -> None:
@@ -303,7 +317,7 @@ def generate(
         width=width,
         count=count,
     ).with_seed()
-    with Pipeline.load(bundle, backend=backend, precision=precision) as pipe:
+    with Pipeline.load(bundle, backend=backend, precision=precision, decoder=decoder) as pipe:
         steps = request.steps or pipe.default_steps
         images = pipe(**request.pipeline_arguments(), progress=True)
         seconds = pipe.last_timings.total
@@ -316,6 +330,7 @@ def generate(
         backend=backend,
         precision=precision,
     )
+    record["decoder"] = decoder
     for i, (image, path) in enumerate(zip(images, paths, strict=True)):
         save_png(image, path, {**record, "index": i})
         click.echo(str(path))
@@ -867,7 +882,8 @@ def distill(
         guidance_range=scales, steps=steps, data=data, prompts=prompts, seed=seed,
     )  # fmt: skip
     for n, folder in outputs.items():
-        click.echo(f"{n} steps: {folder}; next: edgediff export {folder} BUNDLE_DIR")
+        click.echo(f"{n} steps: {folder}")
+    click.echo(f"next: edgediff export {out_dir} BUNDLE_DIR (every student, and the tiny decoder)")
 
 
 def main() -> None:

@@ -85,7 +85,7 @@ def _probe(pipe, t: list[int], seed: int = 7):
 
 def test_each_distillation_loss_falls(distilled):
     run = distilled[STEPS[0]].parent
-    for stage in ("guidance", f"steps-{STEPS[1]}"):
+    for stage in ("guidance", f"steps-{STEPS[1]}", "tiny-decoder"):
         losses = _losses(run, stage)
         first, last = np.mean(losses[:8]), np.mean(losses[-8:])
         assert last < first, (stage, first, last)
@@ -329,8 +329,41 @@ def test_engines_plan_every_unet_with_the_images_batch(student_bundle):
     orin = Platform(Toolkit("tensorrt", "10.3.0"), "Orin", "8.7")
     request = BuildRequest(batch=Span(1, 2, 4))
     plans = {p.component: p for p in plan_engines(Bundle.open(student_bundle), request, orin)}
-    assert set(plans) == {"text_encoder", "unet", "unet.steps-1", "vae_decoder"}
+    assert set(plans) == {
+        "text_encoder", "unet", "unet.steps-1", "vae_decoder", "vae_decoder.tiny",
+    }  # fmt: skip
     for name in ("unet", "unet.steps-1"):
         low, opt, high = plans[name].profile["sample"]
         assert (low[0], opt[0], high[0]) == (1, 2, 4)  # one pass on N, not [uncond; cond]
         assert plans[name].profile["guidance"] == ((1,), (2,), (4,))
+
+
+def test_tiny_decoder_runs_in_the_runtime_as_diffusers_runs_it(student_bundle, distilled):
+    from diffusers import AutoencoderTiny
+
+    from edgediff.bundle.schema import TINY_DECODER
+    from edgediff.runtime import Pipeline
+
+    run = distilled[STEPS[0]].parent
+    tiny = AutoencoderTiny.from_pretrained(str(run / "tiny-decoder")).eval()
+    assert Bundle.open(student_bundle).model(TINY_DECODER).verification.passed
+    with Pipeline.load(student_bundle, decoder="tiny") as pipe:
+        assert pipe.decoder == TINY_DECODER
+        latents = pipe("a red circle", seed=0, output_type="latent")
+        ours = pipe.decode(latents)
+        assert TINY_DECODER in pipe.sessions and "vae_decoder" not in pipe.sessions
+    with torch.no_grad():
+        theirs = tiny.decode(torch.from_numpy(latents)).sample  # diffusion latents, as TAESD
+    expected = np.clip((theirs.numpy() + 1) / 2, 0, 1).transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_a_bundle_without_a_tiny_decoder_says_so():
+    from edgediff.errors import BundleError
+    from edgediff.runtime import Pipeline
+    from edgediff.runtime.pipeline import DEFAULT_BUNDLE
+
+    with pytest.raises(BundleError, match=r"no tiny decoder.*edgediff distill"):
+        Pipeline.load(DEFAULT_BUNDLE, decoder="tiny")
+    with pytest.raises(InputError, match="unknown decoder 'small'"):
+        Pipeline.load(DEFAULT_BUNDLE, decoder="small")

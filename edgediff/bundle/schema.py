@@ -32,6 +32,10 @@ def kind_of(component: str) -> str:
     return component.split(VARIANT_SEPARATOR, 1)[0]
 
 
+# The tiny decoder edgediff distill makes: a second decoder, same input and output.
+TINY_DECODER = f"vae_decoder{VARIANT_SEPARATOR}tiny"
+
+
 def steps_variant(steps: int) -> str:
     """The component name of the U-Net distilled for `steps` DDIM steps."""
     return f"unet{VARIANT_SEPARATOR}steps-{steps}"

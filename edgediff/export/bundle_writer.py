@@ -16,6 +16,7 @@ from edgediff.bundle.edit import BundleEdit, check_destination, create
 from edgediff.bundle.schema import (
     COMPONENTS,
     DISTILLATION_FILE,
+    TINY_DECODER,
     Component,
     DistillationRecord,
     Manifest,
@@ -164,6 +165,7 @@ def _export_into(
     checkpoint: Path,
     *,
     extra_unets: dict[str, Path],
+    tiny_decoder: Path | None,
     recommended_steps: int | None,
     fp16: bool,
     fp16_vae: bool,
@@ -226,6 +228,22 @@ def _export_into(
             tqdm.write(f"export: {name} from {folder}")
         entries[name] = _export_extra_unet(name, folder, jobs["unet"], verify)
         source[name] = {"checkpoint": folder.resolve().name, "sha256": checkpoint_sha256(folder)}
+    extras = list(extra_unets)
+    if tiny_decoder is not None:
+        if progress:
+            tqdm.write(f"export: {TINY_DECODER} from {tiny_decoder}")
+        job = dataclasses.replace(
+            jobs["vae_decoder"],
+            component=TINY_DECODER,
+            kind="vae_decoder_tiny",
+            checkpoint=str(tiny_decoder),
+        )
+        entries[TINY_DECODER] = _entry(run_job(job, None), verify)
+        source[TINY_DECODER] = {
+            "checkpoint": tiny_decoder.resolve().name,
+            "sha256": checkpoint_sha256(tiny_decoder),
+        }
+        extras.append(TINY_DECODER)
     shutil.rmtree(root / SCRATCH, ignore_errors=True)
     tx.set_manifest(
         Manifest(
@@ -236,7 +254,7 @@ def _export_into(
                 c: Component(
                     default=entries[c].precision, models={entries[c].precision: entries[c]}
                 )
-                for c in [*COMPONENTS, *extra_unets]
+                for c in [*COMPONENTS, *extras]
             },
             files={},  # every file written is hashed in when the edit commits
             source=source,
@@ -305,13 +323,15 @@ def export_checkpoint(
     progress: bool = True,
     workers: int | None = None,
     extra_unets: dict[str, str | os.PathLike] | None = None,
+    tiny_decoder: str | os.PathLike | None = None,
     recommended_steps: int | None = None,
 ) -> Manifest:
     """Export a diffusers SD checkpoint folder to a verified ONNX bundle folder, all or nothing.
 
     `extra_unets` adds more U-Nets (component name -> checkpoint folder sharing this one's text
     encoder and VAE), e.g. "unet.steps-2" from `edgediff distill`; `recommended_steps` is what
-    generation uses when no step count is asked for.
+    generation uses when no step count is asked for; `tiny_decoder` (an AutoencoderTiny folder
+    from `edgediff distill`) becomes the component vae_decoder.tiny.
     """
     from edgediff.export.checkpoint import check_checkpoint
 
@@ -328,6 +348,12 @@ def export_checkpoint(
                 f"'{folder}' has another text encoder, tokenizer or VAE than '{checkpoint}'",
                 "One bundle's U-Nets must share them: export the students of one distillation",
             )
+    tiny = None if tiny_decoder is None else Path(tiny_decoder)
+    if tiny is not None and not (tiny / "config.json").is_file():
+        raise ExportError(
+            f"'{tiny}' is not a tiny decoder folder (no config.json)",
+            "Pass OUT/tiny-decoder from `edgediff distill`",
+        )
     if recommended_steps is not None and recommended_steps < 1:
         raise ExportError(f"recommended steps must be >= 1, got {recommended_steps}")
     if workers is None:
@@ -337,6 +363,7 @@ def export_checkpoint(
             tx,
             checkpoint,
             extra_unets=extras,
+            tiny_decoder=tiny,
             recommended_steps=recommended_steps,
             fp16=fp16,
             fp16_vae=fp16_vae,

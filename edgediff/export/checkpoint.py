@@ -256,10 +256,13 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
 
 
 def load_component(path: str | Path, component: str) -> torch.nn.Module:
-    """The float32 torch module a component is exported from, loaded on its own (eval mode)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    """The float32 torch module a component is exported from, loaded on its own (eval mode);
+    "vae_decoder_tiny" loads the AutoencoderTiny folder `path` itself."""
+    from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    if component == "vae_decoder_tiny":
+        return AutoencoderTiny.from_pretrained(str(path), local_files_only=True).float().eval()
     classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel}
     sub = SOURCE[component]
     module = classes[sub].from_pretrained(str(path), subfolder=sub, local_files_only=True)

@@ -61,6 +61,10 @@ IO: dict[str, IOSpec] = {
     "vae_decoder": IOSpec(
         ("latent_sample",), ("sample",), {"latent_sample": _LATENT, "sample": _BHW}
     ),
+    # A tiny decoder (edgediff distill) takes the same input as the VAE decoder.
+    "vae_decoder_tiny": IOSpec(
+        ("latent_sample",), ("sample",), {"latent_sample": _LATENT, "sample": _BHW}
+    ),
     "vae_encoder": IOSpec(
         ("sample",), ("latent_parameters",), {"sample": _BHW, "latent_parameters": _LATENT}
     ),
@@ -138,6 +142,20 @@ class VaeDecoderWrapper(torch.nn.Module):
         return self.model.decode(latent_sample, return_dict=False)[0]
 
 
+class TinyDecoderWrapper(torch.nn.Module):
+    """AutoencoderTiny.decode on the VAE decoder's input (latents / scaling_factor): it takes
+    diffusion latents, as TAESD does, so the graph scales them back first."""
+
+    def __init__(self, model: torch.nn.Module, scaling_factor: float):
+        super().__init__()
+        self.model = model
+        self.scaling_factor = scaling_factor
+
+    def forward(self, latent_sample: torch.Tensor) -> torch.Tensor:
+        """Decode latents."""
+        return self.model.decode(latent_sample * self.scaling_factor, return_dict=False)[0]
+
+
 class VaeEncoderWrapper(torch.nn.Module):
     """AutoencoderKL.encode: images -> the diagonal Gaussian's parameters (mean, logvar)."""
 
@@ -165,8 +183,13 @@ def graph_kind(component: str, guidance_embedded: bool) -> str:
     return "unet_guided" if component == "unet" and guidance_embedded else component
 
 
-def wrap(kind: str, model: torch.nn.Module) -> torch.nn.Module:
-    """The export wrapper of a graph kind around its loaded torch module, in eval mode."""
+def wrap(kind: str, model: torch.nn.Module, config: ModelConfig | None = None) -> torch.nn.Module:
+    """The export wrapper of a graph kind around its loaded torch module, in eval mode (the
+    tiny decoder's needs the bundle's `config` for its scaling factor)."""
+    if kind == "vae_decoder_tiny":
+        if config is None:
+            raise ValueError("the tiny decoder's wrapper needs the model config")
+        return TinyDecoderWrapper(model.eval(), config.scaling_factor).eval()
     return _WRAPPERS[kind](model.eval()).eval()
 
 
@@ -183,7 +206,7 @@ def dynamic_shapes(component: str, geo: ModelConfig) -> dict[str, Any]:
         sample = {0: batch, 2: geo.unet_scale_factor * h, 3: geo.unet_scale_factor * w}
         shapes = {"sample": sample, "timestep": None, "encoder_hidden_states": {0: batch}}
         return {**shapes, "guidance": {0: batch}} if component == "unet_guided" else shapes
-    if component == "vae_decoder":
+    if component in ("vae_decoder", "vae_decoder_tiny"):
         latent = {0: batch, 2: Dim("latent_height", min=1), 3: Dim("latent_width", min=1)}
         return {"latent_sample": latent}
     h, w = Dim("latent_height", min=1), Dim("latent_width", min=1)
@@ -203,7 +226,7 @@ def example_inputs(component: str, geo: ModelConfig) -> tuple[torch.Tensor, ...]
             torch.randn(b, geo.max_text_length, geo.text_embed_dim),
         )
         return (*inputs, torch.full((b,), 3.0)) if component == "unet_guided" else inputs
-    if component == "vae_decoder":
+    if component in ("vae_decoder", "vae_decoder_tiny"):
         return (torch.randn(b, c, 3, 5),)
     return (torch.rand(b, 3, 3 * geo.vae_scale_factor, 5 * geo.vae_scale_factor) * 2 - 1,)
 
@@ -235,7 +258,7 @@ def sample_inputs(
         if component == "unet_guided":
             feeds["guidance"] = rng.uniform(1.0, 8.0, batch).astype(np.float32)
         return feeds
-    if component == "vae_decoder":
+    if component in ("vae_decoder", "vae_decoder_tiny"):
         return {"latent_sample": rng.standard_normal((batch, c, h, w), dtype=np.float32)}
     shape = (batch, 3, h * geo.vae_scale_factor, w * geo.vae_scale_factor)
     return {"sample": rng.uniform(-1.0, 1.0, shape).astype(np.float32)}

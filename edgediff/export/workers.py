@@ -96,7 +96,8 @@ def export_component(
     final = root / rel
     final.parent.mkdir(parents=True, exist_ok=True)
     kind = job.kind or job.component
-    wrapper = wrap(kind, load() if load else load_component(job.checkpoint, kind_of(job.component)))
+    source = kind if kind == "vae_decoder_tiny" else kind_of(job.component)
+    wrapper = wrap(kind, load() if load else load_component(job.checkpoint, source), job.model)
     threads = torch.get_num_threads()
     if job.threads:
         torch.set_num_threads(job.threads)

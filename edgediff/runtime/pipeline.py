@@ -16,6 +16,7 @@ from edgediff.bundle.engine_compat import require_compatible
 from edgediff.bundle.reader import Bundle
 from edgediff.bundle.schema import (
     REQUIRED_COMPONENTS,
+    TINY_DECODER,
     DistillationRecord,
     ModelEntry,
     kind_of,
@@ -60,6 +61,23 @@ def _model(
         return engine.file, engine.precision, (engine.file,)
     entry = _entry(bundle, component, precision)
     return entry.file, entry.precision, entry.files
+
+
+DECODERS = ("full", "tiny")
+
+
+def _decoder_component(bundle: Bundle, decoder: str) -> str:
+    """The component a decoder choice loads, or a one-line error."""
+    if decoder not in DECODERS:
+        raise InputError(f"unknown decoder '{decoder}'", f"Use one of: {', '.join(DECODERS)}")
+    if decoder == "full":
+        return "vae_decoder"
+    if TINY_DECODER not in bundle.manifest.components:
+        raise BundleError(
+            "this bundle has no tiny decoder",
+            "Make one with `edgediff distill` and export its OUT folder, or use --decoder full",
+        )
+    return TINY_DECODER
 
 
 def _backend_options(name: str, bundle: Bundle) -> dict[str, Any]:
@@ -144,6 +162,7 @@ class Pipeline:
         # How load() picked models, for U-Net variants loaded on first use.
         self._precision: str | None = None
         self._verify = True
+        self.decoder = "vae_decoder"  # the decoder component: "vae_decoder" or TINY_DECODER
 
     @classmethod
     def load(
@@ -152,16 +171,20 @@ class Pipeline:
         backend: str | Backend = DEFAULT_BACKEND,
         precision: str | None = None,
         verify: bool = True,
+        decoder: str = "full",
     ) -> Pipeline:
         """Open a bundle (the shipped default if None), check its hashes, load each component.
 
         `precision` ("fp32", "fp16", "int8", "fp8") picks the U-Net's model, and each other
         component's where it has one; None loads each component's default. With the "trt"
         backend it picks the engines `edgediff build` made (None: the only set built).
+        `decoder` "tiny" decodes with the bundle's tiny decoder (edgediff distill) instead of
+        the VAE's.
         """
         if not isinstance(bundle, Bundle):
             bundle = Bundle.open(default_bundle() if bundle is None else bundle)
         manifest = bundle.manifest
+        decoder_component = _decoder_component(bundle, decoder)
         # Cheap checks of the bundle first, so a bad one fails before any model is loaded.
         if verify:
             bundle.verify([manifest.tokenizer.file])
@@ -176,7 +199,8 @@ class Pipeline:
             backend = get_backend(backend, **_backend_options(backend, bundle))
         sessions: dict[str, Session] = {}
         try:
-            models = {n: _model(bundle, backend, n, precision) for n in PIPELINE_COMPONENTS}
+            names = ("text_encoder", "unet", decoder_component)
+            models = {n: _model(bundle, backend, n, precision) for n in names}
             if verify:
                 bundle.verify([f for m in models.values() for f in m[2]])
             for name, (file, model_precision, _) in models.items():
@@ -190,6 +214,7 @@ class Pipeline:
         pipeline = cls(bundle, sessions, tokenizer, scheduler, backend, owns_backend)
         pipeline.model_files = {name: files for name, (_, _, files) in models.items()}
         pipeline._precision, pipeline._verify = precision, verify
+        pipeline.decoder = decoder_component
         return pipeline
 
     def close(self) -> None:
@@ -220,7 +245,7 @@ class Pipeline:
         return Models(
             text_encoder=self._timed("text_encoder"),
             unet=self._timed(self.unet_for(steps)),
-            vae_decoder=self._timed("vae_decoder"),
+            vae_decoder=self._timed(self.decoder),
         )
 
     @property

@@ -23,14 +23,21 @@ class DistillRecipe:
     warmup: int = 100
     ema_decay: float = 0.999
     checkpoint_every: int = 200
+    tiny_steps: int = 1500  # the tiny decoder's training steps (0: none)
+    tiny_width: int = 32  # its channels: ~90 k decoder parameters for the shapes VAE
+    tiny_lr: float = 1e-3
     teacher_pool: int = 512  # teacher samples made once for --data teacher
     teacher_pool_steps: int = 8  # DDIM steps the teacher samples them with
-    seconds_per_step: tuple[float, float] = (0.9, 0.9)  # guidance step, round step
+    seconds_per_step: tuple[float, float, float] = (0.9, 0.9, 0.4)  # guidance, round, tiny
 
     def estimated_seconds(self, rounds: int) -> float:
-        """Rough wall time of the guidance stage and `rounds` progressive rounds."""
-        guidance, round_ = self.seconds_per_step
-        return self.guidance_steps * guidance + rounds * self.round_steps * round_
+        """Rough wall time of the guidance stage, `rounds` progressive rounds and the decoder."""
+        guidance, round_, tiny = self.seconds_per_step
+        return (
+            self.guidance_steps * guidance
+            + rounds * self.round_steps * round_
+            + self.tiny_steps * tiny
+        )
 
 
 RECIPES: dict[str, DistillRecipe] = {
@@ -52,9 +59,11 @@ RECIPES: dict[str, DistillRecipe] = {
             warmup=5,
             ema_decay=0.9,
             checkpoint_every=10,
+            tiny_steps=30,
+            tiny_width=16,
             teacher_pool=16,
             teacher_pool_steps=4,
-            seconds_per_step=(0.2, 0.2),
+            seconds_per_step=(0.2, 0.2, 0.1),
         ),
     ]
 }

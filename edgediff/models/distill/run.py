@@ -22,6 +22,7 @@ from edgediff.errors import InputError
 from edgediff.models.distill.recipes import DistillRecipe, get_recipe
 
 DATA_SOURCES = ("shapes", "teacher")
+TINY_DECODER_FOLDER = "tiny-decoder"  # OUT/tiny-decoder: a diffusers AutoencoderTiny
 _DATA_SEED_OFFSET = 30_000  # other shapes samples than the teacher trained on
 
 
@@ -107,9 +108,11 @@ def distill(
     data: str = "shapes",
     prompts: list[str] | None = None,
     seed: int = 0,
+    tiny_decoder: bool = True,
     progress: bool = True,
 ) -> dict[int, Path]:
-    """Distil the checkpoint's U-Net: guidance first, then one progressive round per halving.
+    """Distil the checkpoint's U-Net: guidance first, then one progressive round per halving;
+    then (`tiny_decoder`) a tiny VAE decoder into OUT/tiny-decoder.
 
     `pool_guidance` is the scale the teacher samples --data teacher with. Returns step count ->
     student checkpoint folder.
@@ -138,6 +141,7 @@ def distill(
         "data": data,
         "teacher_unet_sha256": teacher_hash,
         "prompts_sha256": hashlib.sha256("\n".join(prompts or []).encode()).hexdigest(),
+        "tiny_decoder": tiny_decoder,
     }
     _check_run(state, wanted)
     minutes = r.estimated_seconds(len(steps) - 1) / 60
@@ -186,6 +190,16 @@ def distill(
         )  # fmt: skip
         outputs[n] = _save(pipe, student, out / f"steps-{n}", record("progressive", n))
         teacher = student
+    if tiny_decoder and r.tiny_steps:
+        from edgediff.models.distill.tiny_decoder import (
+            save_tiny_decoder,
+            tiny_decoder_for,
+            train_tiny_decoder,
+        )
+
+        tiny = tiny_decoder_for(pipe.vae, r.tiny_width)
+        train_tiny_decoder(tiny, pipe.vae, stream, r, state / "tiny-decoder", seed, progress)
+        save_tiny_decoder(tiny, out / TINY_DECODER_FOLDER)
     print(f"distilled {', '.join(map(str, steps))} steps in "
           f"{(time.perf_counter() - began) / 60:.1f} min")  # fmt: skip
     return outputs
