@@ -255,9 +255,10 @@ def test_runtime_picks_the_unet_distilled_for_the_steps_asked(student_bundle):
         assert (pipe.unet_for(1), pipe.unet_for(2), pipe.unet_for(3)) == (
             "unet.steps-1", "unet", "unet",
         )  # fmt: skip
-        assert "unet.steps-1" not in pipe.sessions  # loaded on first use
-        pipe("a red circle", seed=0, output_type="np")
-        assert "unet.steps-1" in pipe.sessions
+        # The recommended count's U-Net loads with the pipeline, the others on first use.
+        assert "unet.steps-1" in pipe.sessions and "unet" not in pipe.sessions
+        pipe("a red circle", seed=0, num_inference_steps=2, output_type="np")
+        assert "unet" in pipe.sessions
         assert pipe.last_timings.components.keys() == {"text_encoder", "unet", "vae_decoder"}
 
 
@@ -367,3 +368,28 @@ def test_a_bundle_without_a_tiny_decoder_says_so():
         Pipeline.load(DEFAULT_BUNDLE, decoder="tiny")
     with pytest.raises(InputError, match="unknown decoder 'small'"):
         Pipeline.load(DEFAULT_BUNDLE, decoder="small")
+
+
+def test_a_distilled_unet_calibrates_and_quantises_to_int8(student_bundle, tmp_path):
+    import shutil
+
+    pytest.importorskip("onnx", reason="quantising needs the [quant] extra")
+    from edgediff.calibration.capture import calibrate
+    from edgediff.calibration.quantize_bundle import quantize_bundle
+    from edgediff.runtime import Pipeline
+
+    root = tmp_path / "bundle"
+    shutil.copytree(student_bundle, root)
+    prompts = ["a big red circle on the left", "a small blue star at the top"]
+    record = calibrate(root, prompts, samples=4, steps=1, batch_size=2, force=True)
+    assert set(record.inputs) == {"text_encoder", "unet.steps-1", "vae_decoder"}
+    assert "guidance" in record.inputs["unet.steps-1"]  # what the student is fed, w included
+    with pytest.raises(Exception, match=r"no unet inputs \(it was recorded at 1 steps\)"):
+        quantize_bundle(root, "int8", ["unet"], keep="none", probe_prompts=2, force=True)
+    quantize_bundle(root, "int8", ["unet.steps-1"], keep="none", probe_prompts=2, force=True)
+    entry = Bundle.open(root).model("unet.steps-1", "int8")
+    assert entry.distillation is not None and entry.quantization is not None
+    with Pipeline.load(root, precision="int8") as pipe:
+        images = pipe(prompts, num_inference_steps=1, seed=0, output_type="np")
+        assert np.isfinite(images).all()
+        assert pipe.model_files["unet.steps-1"][0] == entry.file

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgediff.bundle.edit import edit
 from edgediff.bundle.reader import Bundle
-from edgediff.bundle.schema import Calibration
+from edgediff.bundle.schema import Calibration, kind_of
 from edgediff.errors import BundleError, InputError
 from edgediff.runtime.pipeline import PIPELINE_COMPONENTS, ModelCall, Models, Pipeline
 from edgediff.runtime.request import DEFAULT_GUIDANCE
@@ -25,8 +25,20 @@ PROMPTS_FILE = f"{FOLDER}/prompts.txt"
 RECORDED = PIPELINE_COMPONENTS  # every component the denoising pipeline runs
 
 
-def recording(models: Models, calls: dict[str, list[dict[str, np.ndarray]]]) -> Models:
-    """`models` with each recorded component keeping a copy of every feed it is given."""
+def recorded_components(pipeline: Pipeline, steps: int) -> dict[str, str]:
+    """Which component each model call of a `steps`-step generation runs (a distilled bundle's
+    U-Net for that step count, say): their inputs are recorded under those names."""
+    return {
+        "text_encoder": "text_encoder",
+        "unet": pipeline.unet_for(steps),
+        "vae_decoder": "vae_decoder",
+    }
+
+
+def recording(
+    models: Models, calls: dict[str, list[dict[str, np.ndarray]]], names: dict[str, str]
+) -> Models:
+    """`models` with each call keeping a copy of every feed it is given, in calls[names[call]]."""
 
     def kept(name: str, call: ModelCall) -> ModelCall:
         def run(**feeds: np.ndarray) -> dict[str, np.ndarray]:
@@ -35,7 +47,9 @@ def recording(models: Models, calls: dict[str, list[dict[str, np.ndarray]]]) -> 
 
         return run
 
-    return replace(models, **{name: kept(name, getattr(models, name)) for name in RECORDED})
+    return replace(
+        models, **{field: kept(name, getattr(models, field)) for field, name in names.items()}
+    )
 
 
 def batch_seed(seed: int, index: int) -> int:
@@ -63,8 +77,9 @@ def sample_inputs(
     from tqdm.auto import tqdm
 
     batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
-    calls: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in RECORDED}
-    models = recording(pipeline.models_for(steps), calls)
+    names = recorded_components(pipeline, steps)
+    calls: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in names.values()}
+    models = recording(pipeline.models_for(steps), calls, names)
     for k, chunk in enumerate(
         tqdm(batches, desc="calibrating", unit="batch", disable=not progress)
     ):
@@ -114,7 +129,7 @@ def calibrate(
                 f"'{bundle_dir}' already holds calibration data",
                 "Pass --force to record it again (quantised models made from it stay as they are)",
             )
-        for component in RECORDED:
+        for component in ("text_encoder", "vae_decoder", *_unets(bundle)):
             if "fp32" not in bundle.manifest.components[component].models:
                 raise BundleError(
                     f"calibration samples the fp32 pipeline, and the bundle's {component} has no "
@@ -153,6 +168,10 @@ def calibrate(
     return record
 
 
+def _unets(bundle: Bundle) -> list[str]:
+    return [c for c in bundle.manifest.components if kind_of(c) == "unet"]
+
+
 def calibration_prompts(bundle: Bundle) -> list[str]:
     """The prompts a bundle's calibration sampled, in order."""
     return (bundle.root / PROMPTS_FILE).read_text(encoding="utf-8").splitlines()
@@ -167,8 +186,11 @@ def calibration_record(bundle: Bundle, component: str) -> dict[str, Path]:
             f"Record it first: edgediff calibrate {bundle.root}",
         )
     if component not in record.inputs:
+        steps = component.removeprefix("unet.steps-")
+        at = f" --steps {steps}" if steps.isdigit() else ""
         raise BundleError(
-            f"the bundle's calibration data holds no {component} inputs",
-            f"Record them again: edgediff calibrate {bundle.root} --force",
+            f"the bundle's calibration data holds no {component} inputs (it was recorded at "
+            f"{record.steps} steps)",
+            f"Record them: edgediff calibrate {bundle.root}{at} --force",
         )
     return {key: bundle.path(rel) for key, rel in record.inputs[component].items()}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edgediff.bundle.edit import BundleEdit, edit
 from edgediff.bundle.reader import Bundle
-from edgediff.bundle.schema import QuantizationRecord, QuantSettings
+from edgediff.bundle.schema import QuantizationRecord, QuantSettings, kind_of
 from edgediff.calibration.capture import RECORDED, calibration_prompts, calibration_record
 from edgediff.calibration.quantize import (
     Quantizer,
@@ -78,12 +78,14 @@ def _split_names(text: str) -> list[str]:
 
 
 def parse_components(text: str) -> list[str]:
-    """'unet,text_encoder' -> names, each checked."""
+    """'unet,text_encoder' -> names, each checked (variants such as unet.steps-2 too)."""
     names = _split_names(text)
     for name in names:
-        if name not in QUANTIZABLE:
+        if kind_of(name) not in QUANTIZABLE:
             raise InputError(
-                f"unknown component '{name}'", f"Quantisable components: {', '.join(QUANTIZABLE)}"
+                f"unknown component '{name}'",
+                f"Quantisable components: {', '.join(QUANTIZABLE)} (or a U-Net variant such as "
+                "unet.steps-2)",
             )
     if not names:
         raise InputError("no component named", f"Name some of: {', '.join(QUANTIZABLE)}")
@@ -217,7 +219,7 @@ def _write(
     data = rel + ".data"
     external = (data,) if tx.is_staged(data) else ()
     feeds = inputs.feeds(0)
-    fp32_session = pipeline.sessions[component]
+    fp32_session = pipeline.session(component)
     quantized_session = pipeline.backend.load(tx.read_path(rel))
     try:
         fp32_latency = measure_latency(lambda: fp32_session.run(feeds), runs=10)
@@ -270,7 +272,7 @@ def _record(
             kept_in_float=tuple(r.kept),
             psnr_db=r.psnr_db,
             target_psnr_db=target_psnr,
-            measured_on="final latents" if r.component != "vae_decoder" else "images",
+            measured_on="final latents" if kind_of(r.component) != "vae_decoder" else "images",
             sensitivity=sensitivity_file(r.component, settings.precision),
         )
         entry = replace(

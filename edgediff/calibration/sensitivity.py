@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgediff.bundle.schema import QUANTIZED_OPS, Calibration
+from edgediff.bundle.schema import QUANTIZED_OPS, Calibration, kind_of
 from edgediff.errors import InputError
 from edgediff.metrics.quality import paired_psnr
 from edgediff.runtime.pipeline import Models, Pipeline
@@ -93,7 +93,7 @@ def make_probe(
 ) -> Probe:
     """Sample the fp32 reference a component's quantised variants are measured against, with
     the steps, guidance and image size the calibration used."""
-    output_type = "np" if component == "vae_decoder" else "latent"
+    output_type = "np" if kind_of(component) == "vae_decoder" else "latent"
     probe = Probe(
         prompts,
         seed,
@@ -126,7 +126,7 @@ def measure(pipeline: Pipeline, component: str, model: Path, probe: Probe) -> fl
     session = pipeline.backend.load(model)
     try:
         base = pipeline.models_for(probe.steps)
-        trial = replace(base, **{component: lambda **feeds: session.run(feeds)})
+        trial = replace(base, **{kind_of(component): lambda **feeds: session.run(feeds)})
         out = sample(pipeline, probe, trial)
     finally:
         session.close()

@@ -63,6 +63,12 @@ def _model(
     return entry.file, entry.precision, entry.files
 
 
+def _unet_for(bundle: Bundle, steps: int | None) -> str:
+    """The U-Net distilled for `steps` if the bundle has one, else "unet"."""
+    variant = steps_variant(steps) if steps is not None else None
+    return variant if variant in bundle.manifest.components else "unet"
+
+
 DECODERS = ("full", "tiny")
 
 
@@ -199,7 +205,9 @@ class Pipeline:
             backend = get_backend(backend, **_backend_options(backend, bundle))
         sessions: dict[str, Session] = {}
         try:
-            names = ("text_encoder", "unet", decoder_component)
+            # The U-Net of the bundle's recommended step count; others load on first use.
+            unet = _unet_for(bundle, bundle.manifest.recommended_steps or DEFAULT_STEPS)
+            names = ("text_encoder", unet, decoder_component)
             models = {n: _model(bundle, backend, n, precision) for n in names}
             if verify:
                 bundle.verify([f for m in models.values() for f in m[2]])
@@ -237,8 +245,7 @@ class Pipeline:
     def unet_for(self, steps: int | None) -> str:
         """The U-Net component that runs `steps` steps: the one distilled for that many if the
         bundle has it, else "unet"."""
-        variant = steps_variant(steps) if steps is not None else None
-        return variant if variant in self.bundle.manifest.components else "unet"
+        return _unet_for(self.bundle, steps)
 
     def models_for(self, steps: int | None) -> Models:
         """The model calls of a `steps`-step generation, each timed into last_timings."""
@@ -250,10 +257,10 @@ class Pipeline:
 
     @property
     def models(self) -> Models:
-        """The model calls of a generation at the bundle's default U-Net."""
-        return self.models_for(None)
+        """The model calls of a generation of the default step count (`default_steps`)."""
+        return self.models_for(self.default_steps)
 
-    def _session(self, component: str) -> Session:
+    def session(self, component: str) -> Session:
         """The session of `component`, loaded (and hash-checked) the first time it is needed:
         a bundle's other U-Nets cost nothing until a step count asks for one."""
         if component not in self.sessions:
@@ -268,7 +275,7 @@ class Pipeline:
         kind = kind_of(component)
 
         def run(**feeds: np.ndarray) -> dict[str, np.ndarray]:
-            session = self._session(component)
+            session = self.session(component)
             start = time.perf_counter()
             out = session.run(feeds)
             self.last_timings.add(kind, time.perf_counter() - start)
@@ -305,7 +312,7 @@ class Pipeline:
     def distillation_for(self, steps: int | None) -> DistillationRecord | None:
         """What the U-Net of a `steps`-step generation was distilled for (None: not distilled)."""
         component = self.unet_for(steps)
-        self._session(component)
+        self.session(component)
         source = self.model_files[component][0]
         # An engine names the ONNX model it was built from, which holds the record.
         source = {e.file: e.onnx for e in self.bundle.manifest.engines}.get(source, source)
@@ -316,12 +323,12 @@ class Pipeline:
 
     def guidance_embedded_for(self, steps: int | None) -> bool:
         """Whether that U-Net was guidance-distilled: it takes w and runs once on batch N."""
-        return "guidance" in self._session(self.unet_for(steps)).input_names
+        return "guidance" in self.session(self.unet_for(steps)).input_names
 
     @property
     def guidance_embedded(self) -> bool:
-        """Whether the bundle's default U-Net takes w as an input."""
-        return self.guidance_embedded_for(None)
+        """Whether the U-Net of the default step count takes w as an input."""
+        return self.guidance_embedded_for(self.default_steps)
 
     @property
     def default_steps(self) -> int:
