@@ -185,9 +185,17 @@ def cli() -> None:
     help="The DDIM steps `generate` makes when none are asked for (a distilled bundle's best "
     "trade-off).",
 )
+@click.option(
+    "--teacher",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With a distill OUT folder: keep this teacher checkpoint as the U-Net (CFG, negative "
+    "prompts) for step counts no student was distilled for.",
+)
 def export(
-    checkpoint_dir, bundle_dir, fp16, fp16_vae, opset, force, no_verify, recommended_steps
-) -> None:
+    checkpoint_dir, bundle_dir, fp16, fp16_vae, opset, force, no_verify, recommended_steps,
+    teacher,
+) -> None:  # fmt: skip
     """Export a diffusers Stable Diffusion checkpoint folder to an ONNX bundle.
 
     Each component (text encoder, U-Net, VAE decoder and encoder) is exported with dynamic
@@ -197,7 +205,8 @@ def export(
     CHECKPOINT_DIR may be an `edgediff distill` OUT folder: the student with the most steps
     becomes the U-Net and every other one a U-Net for its step count (unet.steps-N), which
     generation picks when asked for that many steps; its tiny decoder becomes vae_decoder.tiny
-    (`generate --decoder tiny`).
+    (`generate --decoder tiny`). With --teacher, the teacher is the U-Net and every student
+    one for its step count.
     """
     from edgediff.bundle.schema import steps_variant
     from edgediff.export import export_checkpoint
@@ -211,12 +220,16 @@ def export(
         if (checkpoint_dir / "model_index.json").exists()
         else distilled_checkpoints(checkpoint_dir)
     )
+    if teacher is not None and not students:
+        raise InputError(
+            "--teacher goes with an `edgediff distill` OUT folder", "Pass OUT as CHECKPOINT_DIR"
+        )
     extras, tiny = {}, None
     if students:
         run_dir = checkpoint_dir
         first, *others = students
-        checkpoint_dir = students[first]
-        extras = {steps_variant(n): students[n] for n in others}
+        checkpoint_dir = students[first] if teacher is None else teacher
+        extras = {steps_variant(n): students[n] for n in (others if teacher is None else students)}
         if (run_dir / TINY_DECODER_FOLDER / "config.json").is_file():
             tiny = run_dir / TINY_DECODER_FOLDER
     manifest = export_checkpoint(
@@ -692,6 +705,12 @@ def build(
 )
 @click.option("--steps", default="2,4,8,16", show_default=True, help="Comma list of DDIM steps.")
 @click.option(
+    "--decoders",
+    default="full",
+    show_default=True,
+    help="Comma list: full (the VAE's) and/or tiny (the bundle's tiny decoder, edgediff distill).",
+)
+@click.option(
     "--prompts", default=64, show_default=True, help="Prompts scored for accuracy (shapes)."
 )
 @click.option("--runs", default=10, show_default=True, help="Timed runs after the warm-up.")
@@ -724,10 +743,11 @@ def build(
 )
 @force_option("Replace a report of other settings in --out.")
 def bench(
-    bundle_dir, backends, precisions, steps, prompts, runs, warmup, guidance, seed,
+    bundle_dir, backends, precisions, steps, decoders, prompts, runs, warmup, guidance, seed,
     architecture, size, out, checkpoint, force,
 ) -> None:  # fmt: skip
-    """Measure accuracy against latency for every backend × precision × steps combination.
+    """Measure accuracy against latency for every backend × precision × steps (× decoder)
+    combination.
 
     Per configuration: latency of the text encoder, one U-Net step, the VAE decoder and the
     whole image (median and p90 over --runs after --warmup), images per second, peak memory
@@ -763,7 +783,12 @@ def bench(
         height=size,
         width=size,
     )
-    configs = expand(parse_list(backends, "backends"), wanted, parse_steps(steps))
+    configs = expand(
+        parse_list(backends, "backends"),
+        wanted,
+        parse_steps(steps),
+        parse_list(decoders, "decoders"),
+    )
     if checkpoint is not None and architecture != "sd15":
         raise InputError("--checkpoint is for --architecture sd15's PyTorch reference row")
     run_bench(bundle_dir, configs, settings, out, force=force, checkpoint=checkpoint)

@@ -220,15 +220,18 @@ def test_teacher_data_distils_from_the_teachers_own_samples(checkpoints, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def student_bundle(distilled, tmp_path_factory) -> Path:
-    """The whole distillation run exported as one bundle, through the CLI."""
+def student_bundle(checkpoints, distilled, tmp_path_factory) -> Path:
+    """The whole distillation run exported as one bundle through the CLI, the teacher kept as
+    the U-Net of the other step counts."""
     from click.testing import CliRunner
 
     from edgediff.cli import cli
 
     root = tmp_path_factory.mktemp("student") / "bundle"
-    run = distilled[STEPS[0]].parent
-    result = CliRunner().invoke(cli, ["export", str(run), str(root), "--recommended-steps", "1"])
+    run, teacher = distilled[STEPS[0]].parent, checkpoints["tiny"]
+    result = CliRunner().invoke(
+        cli, ["export", str(run), str(root), "--recommended-steps", "1", "--teacher", str(teacher)]
+    )
     assert result.exit_code == 0, result.output
     return root
 
@@ -236,7 +239,12 @@ def student_bundle(distilled, tmp_path_factory) -> Path:
 def test_export_records_what_each_student_was_distilled_for(student_bundle):
     bundle = Bundle.open(student_bundle)
     assert bundle.manifest.recommended_steps == 1
-    for component, method, steps in (("unet", "guidance", 2), ("unet.steps-1", "progressive", 1)):
+    assert bundle.model("unet").distillation is None  # the teacher
+    assert "guidance" not in [s.name for s in bundle.model("unet").inputs]
+    for component, method, steps in (
+        ("unet.steps-2", "guidance", 2),
+        ("unet.steps-1", "progressive", 1),
+    ):
         entry = bundle.model(component)
         assert [s.name for s in entry.inputs] == [
             "sample", "timestep", "encoder_hidden_states", "guidance",
@@ -253,12 +261,15 @@ def test_runtime_picks_the_unet_distilled_for_the_steps_asked(student_bundle):
     with Pipeline.load(student_bundle) as pipe:
         assert pipe.default_steps == 1  # the bundle's recommendation
         assert (pipe.unet_for(1), pipe.unet_for(2), pipe.unet_for(3)) == (
-            "unet.steps-1", "unet", "unet",
+            "unet.steps-1", "unet.steps-2", "unet",
         )  # fmt: skip
         # The recommended count's U-Net loads with the pipeline, the others on first use.
         assert "unet.steps-1" in pipe.sessions and "unet" not in pipe.sessions
         pipe("a red circle", seed=0, num_inference_steps=2, output_type="np")
-        assert "unet" in pipe.sessions
+        assert "unet.steps-2" in pipe.sessions and "unet" not in pipe.sessions
+        # Step counts no student was made for run the teacher, with CFG and negative prompts.
+        images = pipe("a red circle", negative_prompt="blue", num_inference_steps=3, seed=0)
+        assert "unet" in pipe.sessions and not pipe.guidance_embedded_for(3) and len(images) == 1
         assert pipe.last_timings.components.keys() == {"text_encoder", "unet", "vae_decoder"}
 
 
@@ -331,9 +342,11 @@ def test_engines_plan_every_unet_with_the_images_batch(student_bundle):
     request = BuildRequest(batch=Span(1, 2, 4))
     plans = {p.component: p for p in plan_engines(Bundle.open(student_bundle), request, orin)}
     assert set(plans) == {
-        "text_encoder", "unet", "unet.steps-1", "vae_decoder", "vae_decoder.tiny",
+        "text_encoder", "unet", "unet.steps-2", "unet.steps-1", "vae_decoder", "vae_decoder.tiny",
     }  # fmt: skip
-    for name in ("unet", "unet.steps-1"):
+    low, opt, high = plans["unet"].profile["sample"]  # the teacher runs [uncond; cond]
+    assert (low[0], opt[0], high[0]) == (1, 4, 8)
+    for name in ("unet.steps-2", "unet.steps-1"):
         low, opt, high = plans[name].profile["sample"]
         assert (low[0], opt[0], high[0]) == (1, 2, 4)  # one pass on N, not [uncond; cond]
         assert plans[name].profile["guidance"] == ((1,), (2,), (4,))
@@ -393,3 +406,20 @@ def test_a_distilled_unet_calibrates_and_quantises_to_int8(student_bundle, tmp_p
         images = pipe(prompts, num_inference_steps=1, seed=0, output_type="np")
         assert np.isfinite(images).all()
         assert pipe.model_files["unet.steps-1"][0] == entry.file
+
+
+def test_bench_measures_decoders_and_step_counts_side_by_side(student_bundle, tmp_path):
+    from edgediff.bench.configs import expand
+    from edgediff.bench.run import BenchSettings, run_bench
+
+    configs = expand(["ort-cpu"], ["fp32"], [1, 3], ["full", "tiny"])
+    settings = BenchSettings(prompts=2, runs=1, warmup=0, batch_size=2)
+    report = run_bench(student_bundle, configs, settings, tmp_path / "bench", progress=False)
+    rows = {r["id"]: r for r in report["rows"]}
+    assert set(rows) == {
+        "ort-cpu/fp32/1", "ort-cpu/fp32/3", "ort-cpu/fp32/1/tiny", "ort-cpu/fp32/3/tiny",
+    }  # fmt: skip
+    # The tiny decoder is measured against the full one: same latents, other images.
+    tiny = rows["ort-cpu/fp32/1/tiny"]["accuracy"]
+    assert tiny["latent_psnr_db"] is None  # identical latents
+    assert tiny["image_psnr_db"] is not None and tiny["image_ssim"] < 1.0

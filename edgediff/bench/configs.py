@@ -1,4 +1,5 @@
-"""What a bench measures: one configuration is a backend, a precision and a step count."""
+"""What a bench measures: one configuration is a backend, a precision, a step count and a
+decoder."""
 
 from __future__ import annotations
 
@@ -18,15 +19,18 @@ class Config:
     backend: str
     precision: str
     steps: int
+    decoder: str = "full"  # or "tiny": the bundle's tiny decoder (edgediff distill)
 
     @property
     def id(self) -> str:
         """Stable name of the configuration, the key of its row in report.json."""
-        return f"{self.backend}/{self.precision}/{self.steps}"
+        base = f"{self.backend}/{self.precision}/{self.steps}"
+        return base if self.decoder == "full" else f"{base}/{self.decoder}"
 
     @property
     def reference(self) -> Config:
-        """The configuration accuracy is measured against: fp32 on the CPU, same steps."""
+        """The configuration accuracy is measured against: fp32 on the CPU, same steps, the
+        full decoder."""
         return Config(REFERENCE_BACKEND, REFERENCE_PRECISION, self.steps)
 
 
@@ -46,8 +50,19 @@ def parse_steps(text: str) -> list[int]:
     return [int(i) for i in items]
 
 
-def expand(backends: list[str], precisions: list[str], steps: list[int]) -> list[Config]:
+def expand(
+    backends: list[str],
+    precisions: list[str],
+    steps: list[int],
+    decoders: list[str] | tuple[str, ...] = ("full",),
+) -> list[Config]:
     """Every combination, references first (so accuracy can be measured as rows finish)."""
-    configs = [Config(b, p, s) for b, p, s in itertools.product(backends, precisions, steps)]
+    for decoder in decoders:
+        if decoder not in ("full", "tiny"):
+            raise InputError(f"unknown decoder '{decoder}'", "Use full, tiny or both")
+    configs = [
+        Config(b, p, s, d)
+        for b, p, s, d in itertools.product(backends, precisions, steps, decoders)
+    ]
     references = [c.reference for c in configs]
     return list(dict.fromkeys(references + configs))

@@ -68,7 +68,12 @@ def measure(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]
     from edgediff.runtime.pipeline import Pipeline
 
     start = time.perf_counter()
-    pipe = Pipeline.load(spec["bundle"], backend=spec["backend"], precision=spec["precision"])
+    pipe = Pipeline.load(
+        spec["bundle"],
+        backend=spec["backend"],
+        precision=spec["precision"],
+        decoder=spec.get("decoder", "full"),
+    )
     load_s = time.perf_counter() - start
     request = dict(
         num_inference_steps=spec["steps"],

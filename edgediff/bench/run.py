@@ -23,7 +23,7 @@ from edgediff.bench.child import run_python
 from edgediff.bench.configs import Config
 from edgediff.bundle.files import atomic_path, atomic_write_text, sha256_file
 from edgediff.bundle.reader import Bundle
-from edgediff.bundle.schema import MANIFEST
+from edgediff.bundle.schema import MANIFEST, TINY_DECODER
 from edgediff.errors import InputError
 from edgediff.runtime.request import DEFAULT_GUIDANCE
 
@@ -91,6 +91,7 @@ def measure_in_child(
         "backend": config.backend,
         "precision": config.precision,
         "steps": config.steps,
+        "decoder": config.decoder,
         "guidance": settings.guidance,
         "height": settings.height,
         "width": settings.width,
@@ -176,10 +177,13 @@ def check_configs(bundle: Bundle, configs: list[Config]) -> None:
     for name in dict.fromkeys(c.backend for c in configs):
         get_backend(name).close()
     for config in configs:
+        unet = bundle.unet_for(config.steps)
         if config.backend == "trt":
-            bundle.engine("unet", config.precision)
+            bundle.engine(unet, config.precision)
         else:
-            bundle.model("unet", config.precision)
+            bundle.model(unet, config.precision)
+        if config.decoder == "tiny":
+            bundle.model(TINY_DECODER)
 
 
 def load_finished(out: Path, header: dict[str, Any], force: bool) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from edgediff.bundle.schema import (
     EngineEntry,
     Manifest,
     ModelEntry,
+    steps_variant,
 )
 from edgediff.bundle.typed_json import FieldError, decode
 from edgediff.errors import BundleError
@@ -293,6 +294,12 @@ class Bundle:
             + (f" (it has engines at: {', '.join(built)})" if built else ""),
             f"Build them: {build_command(self.root, precision, *options)}",
         )
+
+    def unet_for(self, steps: int | None) -> str:
+        """The U-Net component that runs `steps` DDIM steps: the one distilled for that many
+        (unet.steps-N) if the bundle has it, else "unet"."""
+        variant = steps_variant(steps) if steps is not None else None
+        return variant if variant in self.manifest.components else "unet"
 
     def model(self, component: str, precision: str | None = None) -> ModelEntry:
         """The model entry of a component at a precision (its default if None)."""

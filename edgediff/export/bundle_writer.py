@@ -223,10 +223,12 @@ def _export_into(
     entries["unet"] = replace(
         entries["unet"], distillation=distillation_of(checkpoint, ckpt.guidance_embedded)
     )
+    scheduler = ckpt.scheduler
     for name, folder in extra_unets.items():
         if progress:
             tqdm.write(f"export: {name} from {folder}")
-        entries[name] = _export_extra_unet(name, folder, jobs["unet"], verify)
+        entries[name], theirs = _export_extra_unet(name, folder, jobs["unet"], verify)
+        scheduler = _one_scheduler(scheduler, theirs, name)
         source[name] = {"checkpoint": folder.resolve().name, "sha256": checkpoint_sha256(folder)}
     extras = list(extra_unets)
     if tiny_decoder is not None:
@@ -248,7 +250,7 @@ def _export_into(
     tx.set_manifest(
         Manifest(
             model=ckpt.model,
-            scheduler=ckpt.scheduler,
+            scheduler=scheduler,
             tokenizer=tokenizer,
             components={
                 c: Component(
@@ -263,7 +265,21 @@ def _export_into(
     )
 
 
-def _export_extra_unet(name: str, folder: Path, base: Any, verify: bool) -> ModelEntry:
+def _one_scheduler(ours: dict[str, Any], theirs: dict[str, Any], name: str) -> dict[str, Any]:
+    """The scheduler config every U-Net of the bundle samples with. Distilled students use the
+    "trailing" grid they learnt; a teacher samples on any grid, so it adopts theirs."""
+    if {**ours, "timestep_spacing": None} != {**theirs, "timestep_spacing": None}:
+        raise ExportError(
+            f"the {name} checkpoint's scheduler differs from the first U-Net's beyond its "
+            "timestep spacing",
+            "One bundle's U-Nets share one scheduler: export students of one distillation",
+        )
+    return theirs if theirs.get("timestep_spacing") == "trailing" else ours
+
+
+def _export_extra_unet(
+    name: str, folder: Path, base: Any, verify: bool
+) -> tuple[ModelEntry, dict[str, Any]]:
     """Another U-Net of the bundle (a student for another step count), exported like the first."""
     from edgediff.export.checkpoint import check_checkpoint, load_checkpoint
     from edgediff.export.components import graph_kind, verification_inputs
@@ -281,7 +297,9 @@ def _export_extra_unet(name: str, folder: Path, base: Any, verify: bool) -> Mode
         base, component=name, kind=kind, checkpoint=str(folder), cases=cases if verify else ()
     )
     entry = _entry(run_job(job, None), verify)
-    return replace(entry, distillation=distillation_of(folder, ckpt.guidance_embedded))
+    return replace(
+        entry, distillation=distillation_of(folder, ckpt.guidance_embedded)
+    ), ckpt.scheduler
 
 
 def distilled_checkpoints(folder: Path) -> dict[int, Path]:
@@ -296,19 +314,34 @@ def distilled_checkpoints(folder: Path) -> dict[int, Path]:
 
 
 def shares_text_encoder_and_vae(base: Path, other: Path) -> bool:
-    """Whether two checkpoints hold the same text encoder, tokenizer and VAE files (students
-    of one distillation do), so one bundle can serve both U-Nets."""
+    """Whether two checkpoints hold the same text encoder and VAE (weights and configs) and
+    tokenize alike (students of one distillation do), so one bundle can serve both U-Nets.
+    save_pretrained writes its own bookkeeping into configs: keys starting with "_" and the
+    loading flags are not compared."""
     from edgediff.bundle.files import sha256_file
 
-    def digest(folder: Path) -> list[tuple[str, str]]:
-        return [
-            (p.relative_to(folder).as_posix(), sha256_file(p))
-            for sub in ("text_encoder", "vae", "tokenizer")
-            for p in sorted((folder / sub).glob("*"))
-            if p.is_file()
-        ]
+    def meaning(folder: Path) -> list:
+        found: list = []
+        for sub in ("text_encoder", "vae"):
+            for path in sorted((folder / sub).glob("*.safetensors")):
+                found.append((sub, path.name, sha256_file(path)))
+            config = json.loads((folder / sub / "config.json").read_text())
+            found.append(
+                {k: v for k, v in config.items() if not k.startswith("_") and k not in _LOADING}
+            )
+        tokenizer = folder / "tokenizer" / "tokenizer.json"
+        if tokenizer.is_file():
+            found.append(json.loads(tokenizer.read_text()).get("model"))
+        for name in ("vocab.json", "merges.txt"):
+            path = folder / "tokenizer" / name
+            found.append(path.read_text() if path.is_file() else None)
+        return found
 
-    return digest(base) == digest(other)
+    return meaning(base) == meaning(other)
+
+
+# Flags diffusers writes into a saved config about how it was loaded, not what it is.
+_LOADING = {"is_local", "local_files_only", "transformers_version"}
 
 
 def export_checkpoint(

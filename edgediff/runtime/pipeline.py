@@ -20,7 +20,6 @@ from edgediff.bundle.schema import (
     DistillationRecord,
     ModelEntry,
     kind_of,
-    steps_variant,
 )
 from edgediff.errors import BundleError, InputError
 from edgediff.runtime import request_checks as checks
@@ -61,12 +60,6 @@ def _model(
         return engine.file, engine.precision, (engine.file,)
     entry = _entry(bundle, component, precision)
     return entry.file, entry.precision, entry.files
-
-
-def _unet_for(bundle: Bundle, steps: int | None) -> str:
-    """The U-Net distilled for `steps` if the bundle has one, else "unet"."""
-    variant = steps_variant(steps) if steps is not None else None
-    return variant if variant in bundle.manifest.components else "unet"
 
 
 DECODERS = ("full", "tiny")
@@ -206,7 +199,7 @@ class Pipeline:
         sessions: dict[str, Session] = {}
         try:
             # The U-Net of the bundle's recommended step count; others load on first use.
-            unet = _unet_for(bundle, bundle.manifest.recommended_steps or DEFAULT_STEPS)
+            unet = bundle.unet_for(bundle.manifest.recommended_steps or DEFAULT_STEPS)
             names = ("text_encoder", unet, decoder_component)
             models = {n: _model(bundle, backend, n, precision) for n in names}
             if verify:
@@ -245,7 +238,7 @@ class Pipeline:
     def unet_for(self, steps: int | None) -> str:
         """The U-Net component that runs `steps` steps: the one distilled for that many if the
         bundle has it, else "unet"."""
-        return _unet_for(self.bundle, steps)
+        return self.bundle.unet_for(steps)
 
     def models_for(self, steps: int | None) -> Models:
         """The model calls of a `steps`-step generation, each timed into last_timings."""
