@@ -277,8 +277,8 @@ def build_random_pipeline(preset: str | Preset, seed: int = 0):
 
 
 def save_pipeline(pipeline, out: Path, extra_files: dict[str, str] | None = None) -> Path:
-    """Save a diffusers pipeline (safetensors) to `out`, with any extra text files beside it,
-    replacing `out` only once complete."""
+    """Save a diffusers pipeline or model (safetensors) to `out`, with any extra text files
+    beside it, replacing `out` only once complete."""
     # Written beside the target and swapped in, so an interrupted run never leaves half a folder.
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)

@@ -191,15 +191,12 @@ def distill(
         outputs[n] = _save(pipe, student, out / f"steps-{n}", record("progressive", n))
         teacher = student
     if tiny_decoder and r.tiny_steps:
-        from edgediff.models.distill.tiny_decoder import (
-            save_tiny_decoder,
-            tiny_decoder_for,
-            train_tiny_decoder,
-        )
+        from edgediff.models.distill.tiny_decoder import tiny_decoder_for, train_tiny_decoder
+        from edgediff.models.presets import save_pipeline
 
         tiny = tiny_decoder_for(pipe.vae, r.tiny_width)
         train_tiny_decoder(tiny, pipe.vae, stream, r, state / "tiny-decoder", seed, progress)
-        save_tiny_decoder(tiny, out / TINY_DECODER_FOLDER)
+        save_pipeline(tiny, out / TINY_DECODER_FOLDER)
     print(f"distilled {', '.join(map(str, steps))} steps in "
           f"{(time.perf_counter() - began) / 60:.1f} min")  # fmt: skip
     return outputs

@@ -8,16 +8,13 @@ decoder's images, and it takes diffusion latents as TAESD does (scaling factor 1
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from edgediff.models.distill.data import LatentStream
 from edgediff.models.distill.recipes import DistillRecipe
-from edgediff.models.training.loop import EMA, Stage, cosine_lr, run_stage
+from edgediff.models.training.loop import EMA, Stage, cosine_lr, optimizer_step, run_stage
 
 
 def tiny_decoder_for(vae, width: int):
@@ -67,12 +64,7 @@ def train_tiny_decoder(
             target = vae.decode(latents / scaling).sample.clamp(-1, 1)
         image = decoder(latents)
         loss = torch.nn.functional.mse_loss(image, target) + (image - target).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
-        opt.step()
-        ema.update(decoder)
-        return loss.item()
+        return optimizer_step(opt, loss, decoder, ema)
 
     state = {"decoder": decoder, "opt": opt, "ema": ema}
     stage = Stage("tiny-decoder", recipe.tiny_steps, step, state, recipe.checkpoint_every)
@@ -80,18 +72,3 @@ def train_tiny_decoder(
     decoder.load_state_dict(ema.shadow)
     tiny.eval().requires_grad_(False)
     return losses
-
-
-def save_tiny_decoder(tiny, folder: Path) -> Path:
-    """save_pretrained into a sibling folder, swapped in only once complete."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent)
-    try:
-        tiny.save_pretrained(tmp, safe_serialization=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder

@@ -26,7 +26,7 @@ from edgediff.models.distill.math import (
 )
 from edgediff.models.distill.recipes import DistillRecipe
 from edgediff.models.distill.students import predict
-from edgediff.models.training.loop import EMA, Stage, cosine_lr, run_stage
+from edgediff.models.training.loop import EMA, Stage, cosine_lr, optimizer_step, run_stage
 
 # A share of the guidance stage's timesteps is drawn from anywhere, so the student stays a
 # denoiser between the grid points it will mostly be used at.
@@ -51,13 +51,7 @@ def _fit(
     def step(k: int) -> float:
         for group in opt.param_groups:
             group["lr"] = recipe.lr * cosine_lr(k, steps, recipe.warmup)
-        loss = loss_of(k)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        ema.update(student)
-        return loss.item()
+        return optimizer_step(opt, loss_of(k), student, ema)
 
     state = {"student": student, "opt": opt, "ema": ema}
     stage = Stage(name, steps, step, state, recipe.checkpoint_every)

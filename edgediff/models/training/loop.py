@@ -66,6 +66,19 @@ class EMA:
         self.updates = state["updates"]
 
 
+def optimizer_step(
+    opt: torch.optim.Optimizer, loss: torch.Tensor, module: torch.nn.Module, ema: EMA
+) -> float:
+    """One update: gradients of `loss`, clipped to norm 1, an optimiser step, the EMA; the
+    loss's value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    opt.step()
+    ema.update(module)
+    return loss.item()
+
+
 @dataclass
 class Stage:
     """What a trainer hands the loop: things to checkpoint and a function for one step."""

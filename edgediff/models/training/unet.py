@@ -15,7 +15,7 @@ from torch import nn
 
 from edgediff.data import shapes
 from edgediff.models.training.clip import tokenize
-from edgediff.models.training.loop import EMA, Stage, cosine_lr, run_stage
+from edgediff.models.training.loop import EMA, Stage, cosine_lr, optimizer_step, run_stage
 from edgediff.models.training.recipes import UnetRecipe
 
 
@@ -97,12 +97,7 @@ def train_unet(
             cond = text_encoder(tokenize(tokenizer, captions)).last_hidden_state
         prediction = unet(noisy, t, cond).sample
         loss = diffusion_loss(prediction, x0, noise, ab[t], prediction_type, recipe.min_snr_gamma)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
-        opt.step()
-        ema.update(models)
-        return loss.item()
+        return optimizer_step(opt, loss, models, ema)
 
     state = {"models": models, "opt": opt, "ema": ema}
     run_stage(
