@@ -149,7 +149,7 @@ torch.set_num_threads(1)
 from edgediff.models.distill.recipes import DistillRecipe
 from edgediff.models.distill.run import distill
 recipe = DistillRecipe("micro", "test", guidance_steps=12, round_steps=6, batch_size=4,
-                       warmup=2, ema_decay=0.9, checkpoint_every=3)
+                       warmup=2, ema_decay=0.9, checkpoint_every=3, tiny_steps=3, tiny_width=8)
 distill(sys.argv[1], sys.argv[2], pool_guidance=3.0, recipe=recipe, steps=(2, 1), progress=False)
 """
 
@@ -190,7 +190,9 @@ def test_bad_options_are_refused_in_one_line(checkpoints, tmp_path):
         parse_guidance_range("8:1")
     with pytest.raises(InputError, match="Pass --prompts"):
         distill(checkpoints["tiny"], tmp_path / "x", pool_guidance=3.0, data="teacher")
-    recipe = DistillRecipe("micro", "test", guidance_steps=1, round_steps=1, batch_size=2)
+    recipe = DistillRecipe(
+        "micro", "test", guidance_steps=1, round_steps=1, batch_size=2, tiny_steps=0
+    )
     distill(
         checkpoints["tiny"], tmp_path / "run", pool_guidance=3.0, recipe=recipe, steps=(2, 1),
         progress=False,
@@ -205,7 +207,7 @@ def test_bad_options_are_refused_in_one_line(checkpoints, tmp_path):
 def test_teacher_data_distils_from_the_teachers_own_samples(checkpoints, tmp_path):
     recipe = DistillRecipe(
         "micro", "test", guidance_steps=4, round_steps=2, batch_size=4, teacher_pool=6,
-        teacher_pool_steps=2,
+        teacher_pool_steps=2, tiny_steps=0,
     )  # fmt: skip
     out = distill(
         checkpoints["tiny"], tmp_path, pool_guidance=3.0, recipe=recipe, steps=(2, 1),
