@@ -21,6 +21,18 @@ except ImportError:  # hypothesis comes with [dev]
     pass
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test: bitwise-equal resumption needs the same thread count
+    in every process."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Random-weight diffusers checkpoints, one per test architecture."""

@@ -33,13 +33,7 @@ from edgediff.models.distill.students import guidance_student, predict  # noqa: 
 STEPS = (2, 1)  # the guidance student at 2 steps, then one progressive round to 1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Bitwise-equal resumption needs the same thread count in every process.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +195,12 @@ def test_bad_options_are_refused_in_one_line(checkpoints, tmp_path):
         distill(
             checkpoints["tiny"], tmp_path / "run", pool_guidance=3.0, recipe=recipe,
             steps=(2, 1), seed=5, progress=False,
+        )  # fmt: skip
+    with pytest.raises(InputError, match="with other recipe_settings"):
+        distill(
+            checkpoints["tiny"], tmp_path / "run", pool_guidance=3.0, steps=(2, 1),
+            recipe=DistillRecipe("micro", "test", guidance_steps=1, round_steps=1, batch_size=3),
+            progress=False,
         )  # fmt: skip
 
 

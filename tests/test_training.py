@@ -19,14 +19,7 @@ from edgediff.models.training.recipes import ClipRecipe, UnetRecipe, VaeRecipe  
 from edgediff.models.training.unet import train_unet  # noqa: E402
 from edgediff.models.training.vae import train_vae  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Bitwise-equal resumption needs the same thread count in every process.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _falls(losses: list[float], k: int = 5) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from edgediff.errors import InputError
 
@@ -29,6 +29,13 @@ class DistillRecipe:
     teacher_pool: int = 512  # teacher samples made once for --data teacher
     teacher_pool_steps: int = 8  # DDIM steps the teacher samples them with
     seconds_per_step: tuple[float, float, float] = (0.9, 0.9, 0.4)  # guidance, round, tiny
+
+    def settings(self) -> dict:
+        """The fields that shape the weights: a resumed run must have the same ones."""
+        fields = asdict(self)
+        for informative in ("description", "seconds_per_step"):
+            fields.pop(informative)
+        return fields
 
     def estimated_seconds(self, rounds: int) -> float:
         """Rough wall time of the guidance stage, `rounds` progressive rounds and the decoder."""

@@ -135,6 +135,7 @@ def distill(
     state = out / "state"
     wanted = {
         "recipe": r.name,
+        "recipe_settings": r.settings(),
         "seed": seed,
         "steps": list(steps),
         "guidance_range": list(guidance_range),
