@@ -885,6 +885,10 @@ def distill(
     scale as an input), then each progressive round halves the steps. OUT_DIR/steps-N holds
     each student as a diffusers checkpoint for `edgediff export`. Interrupt it at any time:
     the same command resumes.
+
+    It runs on a CUDA GPU when torch has one. Data-parallel over several GPUs or machines
+    (each process trains on its share of every batch): accelerate launch --multi_gpu
+    --num_processes N $(which edgediff) distill ...
     """
     import torch
 
@@ -906,6 +910,10 @@ def distill(
         checkpoint_dir, out_dir, pool_guidance=DEFAULT_GUIDANCE, recipe=preset,
         guidance_range=scales, steps=steps, data=data, prompts=prompts, seed=seed,
     )  # fmt: skip
+    from edgediff.models.training.parallel import Parallel
+
+    if not Parallel.from_environment().is_main:
+        return
     for n, folder in outputs.items():
         click.echo(f"{n} steps: {folder}")
     click.echo(f"next: edgediff export {out_dir} BUNDLE_DIR (every student, and the tiny decoder)")

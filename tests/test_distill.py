@@ -148,9 +148,35 @@ distill(sys.argv[1], sys.argv[2], pool_guidance=3.0, recipe=recipe, steps=(2, 1)
 """
 
 
-def test_a_killed_distillation_resumes_to_the_same_weights(checkpoints, tmp_path):
+_WEIGHTS = (
+    "steps-1/unet/diffusion_pytorch_model.safetensors",
+    "tiny-decoder/diffusion_pytorch_model.safetensors",
+)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(checkpoints, tmp_path_factory) -> Path:
+    """OUT of the micro run in one uninterrupted process."""
+    out = tmp_path_factory.mktemp("one-process") / "out"
+    subprocess.run([sys.executable, "-c", _RUN, str(checkpoints["tiny"]), str(out)], check=True)
+    return out
+
+
+def _same_weights(ref: Path, got: Path, exact: bool) -> None:
+    from safetensors.torch import load_file
+
+    for weights in _WEIGHTS:
+        expected, found = load_file(ref / weights), load_file(got / weights)
+        assert expected.keys() == found.keys()
+        for key in expected:
+            if exact:
+                assert torch.equal(expected[key], found[key]), key
+            else:
+                torch.testing.assert_close(found[key], expected[key], rtol=0, atol=1e-5)
+
+
+def test_a_killed_distillation_resumes_to_the_same_weights(checkpoints, one_process_run, tmp_path):
     ckpt = str(checkpoints["tiny"])
-    subprocess.run([sys.executable, "-c", _RUN, ckpt, str(tmp_path / "ref")], check=True)
     work = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", _RUN, ckpt, str(work)])
     state = work / "state" / "guidance" / "state.pt"
@@ -164,13 +190,27 @@ def test_a_killed_distillation_resumes_to_the_same_weights(checkpoints, tmp_path
         [sys.executable, "-c", _RUN, ckpt, str(work)], check=True, capture_output=True, text=True
     )
     assert "guidance: resuming at step" in out.stdout
-    from safetensors.torch import load_file
+    _same_weights(one_process_run, work, exact=True)
 
-    weights = "steps-1/unet/diffusion_pytorch_model.safetensors"
-    ref, got = load_file(tmp_path / "ref" / weights), load_file(work / weights)
-    assert ref.keys() == got.keys()
-    for key in ref:
-        assert torch.equal(ref[key], got[key]), key
+
+def test_two_processes_under_accelerate_launch_train_the_one_process_weights(
+    checkpoints, one_process_run, tmp_path
+):
+    # Each process trains on half of every batch and gradients are averaged, so the run makes
+    # the one-process updates up to float summation order.
+    script = tmp_path / "run.py"
+    script.write_text(_RUN)
+    launcher = Path(sys.executable).parent / "accelerate"
+    work = tmp_path / "two"
+    out = subprocess.run(
+        [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+         str(script), str(checkpoints["tiny"]), str(work)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "on 2 x cpu" in out.stdout
+    _same_weights(one_process_run, work, exact=False)
 
 
 def test_bad_options_are_refused_in_one_line(checkpoints, tmp_path):

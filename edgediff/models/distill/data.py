@@ -17,6 +17,7 @@ from edgediff.data import shapes
 from edgediff.models.distill.grid import DdimGrid
 from edgediff.models.distill.math import ddim_step, guided_eps
 from edgediff.models.training.clip import tokenize
+from edgediff.models.training.parallel import SINGLE, Parallel
 
 # (step k, batch size) -> (x₀ [B, C, h, w], captions)
 LatentStream = Callable[[int, int], tuple[torch.Tensor, list[str]]]
@@ -29,7 +30,8 @@ def text_encoder_of(pipe) -> TextEncoder:
 
     @torch.no_grad()
     def encode(captions: list[str]) -> torch.Tensor:
-        return pipe.text_encoder(tokenize(pipe.tokenizer, captions)).last_hidden_state
+        ids = tokenize(pipe.tokenizer, captions).to(pipe.text_encoder.device)
+        return pipe.text_encoder(ids).last_hidden_state
 
     return encode
 
@@ -41,7 +43,7 @@ def shapes_stream(vae, seed: int) -> LatentStream:
     @torch.no_grad()
     def batch(k: int, size: int) -> tuple[torch.Tensor, list[str]]:
         images, _, captions = shapes.batch(seed, k * size, size)
-        x0 = vae.encode(torch.from_numpy(images)).latent_dist.sample() * scaling
+        x0 = vae.encode(torch.from_numpy(images).to(vae.device)).latent_dist.sample() * scaling
         return x0, captions
 
     return batch
@@ -60,15 +62,16 @@ def sample_teacher(
 ) -> torch.Tensor:
     """x₀ of a guided teacher's deterministic DDIM samples, one per prompt."""
     generator = torch.Generator().manual_seed(seed)
-    z = torch.randn((len(prompts), *latent_shape), generator=generator)
+    z = torch.randn((len(prompts), *latent_shape), generator=generator).to(unet.device)
     cond = torch.cat([encode([""] * len(prompts)), encode(prompts)])
+    w = torch.full((len(prompts),), guidance, device=unet.device)
     for t in grid.timesteps(steps):
         ts = torch.full((len(prompts),), t)
-        out = unet(torch.cat([z, z]), torch.cat([ts, ts]), cond).sample
+        out = unet(torch.cat([z, z]), torch.cat([ts, ts]).to(unet.device), cond).sample
         eps_u, eps_c = out.chunk(2)
-        eps = guided_eps(eps_u, eps_c, torch.full((len(prompts),), guidance))
-        z = ddim_step(z, eps, grid.alpha_bar(ts), grid.alpha_bar(grid.previous(ts, steps)))
-    return z
+        a_t, a_prev = grid.alpha_bar(ts), grid.alpha_bar(grid.previous(ts, steps))
+        z = ddim_step(z, guided_eps(eps_u, eps_c, w), a_t.to(z.device), a_prev.to(z.device))
+    return z.cpu()
 
 
 def teacher_stream(
@@ -83,21 +86,22 @@ def teacher_stream(
     seed: int,
     cache: Path,
     chunk: int = 32,
+    parallel: Parallel = SINGLE,
 ) -> LatentStream:
-    """A stream over `pool` teacher samples of the prompts (cycled), made once into `cache`."""
+    """A stream over `pool` teacher samples of the prompts (cycled), made once into `cache`
+    (by the first process; the others wait and read it)."""
     chosen = [prompts[i % len(prompts)] for i in range(pool)]
-    if cache.exists():
-        x0 = torch.load(cache, weights_only=True)
-    else:
+    if not cache.exists() and parallel.is_main:
         parts = [
             sample_teacher(
                 unet, encode, grid, chosen[i : i + chunk], latent_shape, steps, guidance, seed + i
             )
             for i in range(0, pool, chunk)
         ]
-        x0 = torch.cat(parts)
         with atomic_path(cache) as tmp:
-            torch.save(x0, tmp)
+            torch.save(torch.cat(parts), tmp)
+    parallel.barrier()
+    x0 = torch.load(cache, weights_only=True)
 
     def batch(k: int, size: int) -> tuple[torch.Tensor, list[str]]:
         index = [(k * size + i) % pool for i in range(size)]

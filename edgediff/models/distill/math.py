@@ -20,7 +20,8 @@ def guidance_embedding(guidance: torch.Tensor, dim: int) -> torch.Tensor:
     `timestep_cond`: of 1000 (w − 1), so w = 1 (no guidance) embeds like timestep 0."""
     w = (guidance.reshape(-1).float() - 1.0) * 1000.0
     half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
+    steps = torch.arange(half, dtype=torch.float32, device=w.device)
+    freqs = torch.exp(steps * -(math.log(10000.0) / (half - 1)))
     angles = w[:, None] * freqs[None, :]
     embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
     return torch.nn.functional.pad(embedding, (0, dim % 2))

@@ -123,6 +123,7 @@ def distill(
     from edgediff.models.distill.grid import DdimGrid
     from edgediff.models.distill.students import copy_student, guidance_student
     from edgediff.models.distill.trainers import train_guidance, train_round
+    from edgediff.models.training.parallel import Parallel
 
     r = get_recipe(recipe) if isinstance(recipe, str) else recipe
     checkpoint, out = Path(checkpoint), Path(out)
@@ -130,7 +131,8 @@ def distill(
         raise InputError(f"unknown --data '{data}'", f"Use one of: {', '.join(DATA_SOURCES)}")
     if data == "teacher" and not prompts:
         raise InputError("--data teacher samples the teacher on prompts", "Pass --prompts FILE")
-    pipe = _load_teacher(checkpoint)
+    parallel = Parallel.from_environment()
+    pipe = _load_teacher(checkpoint).to(parallel.device)
     teacher_hash = teacher_sha256(checkpoint)
     state = out / "state"
     wanted = {
@@ -146,8 +148,9 @@ def distill(
     }
     _check_run(state, wanted)
     minutes = r.estimated_seconds(len(steps) - 1) / 60
-    print(f"distill preset {r.name} (seed {seed}): estimated {minutes:.0f} min on 2 CPU cores; "
-          f"state in {state}")  # fmt: skip
+    if parallel.is_main:
+        print(f"distill preset {r.name} (seed {seed}) on {parallel.world} x {parallel.device}: "
+              f"{minutes:.0f} min on 2 CPU cores; state in {state}")  # fmt: skip
     began = time.perf_counter()
     # Halving rounds need nested grids that end at the final ᾱ: "trailing" spacing has them
     # (999, 499 | 999 for 2 | 1 steps), "leading" does not (501, 1 | 1). Students are saved with
@@ -162,6 +165,7 @@ def distill(
         stream = sources.teacher_stream(
             pipe.unet, encode, grid, prompts, (pipe.unet.config.in_channels, latent, latent),
             r.teacher_pool, r.teacher_pool_steps, pool_guidance, seed, state / "teacher-samples.pt",
+            parallel=parallel,
         )  # fmt: skip
 
     def record(method: str, n: int) -> DistillationRecord:
@@ -174,32 +178,40 @@ def distill(
             data=data,
         )
 
-    student = guidance_student(pipe.unet)
+    def save(unet, n: int, method: str) -> Path:
+        if parallel.is_main:
+            _save(pipe, unet, out / f"steps-{n}", record(method, n))
+        return out / f"steps-{n}"
+
+    student = guidance_student(pipe.unet).to(parallel.device)
     train_guidance(
         pipe.unet, student, encode, stream, grid, r, guidance_range, steps[0],
-        state / "guidance", seed, progress,
+        state / "guidance", seed, progress, parallel,
     )  # fmt: skip
-    outputs = {
-        steps[0]: _save(pipe, student, out / f"steps-{steps[0]}", record("guidance", steps[0]))
-    }
+    outputs = {steps[0]: save(student, steps[0], "guidance")}
     teacher = student
     for n in steps[1:]:
         student = copy_student(teacher)
         train_round(
             teacher, student, encode, stream, grid, r, guidance_range, n,
-            state / f"steps-{n}", seed + n, progress,
+            state / f"steps-{n}", seed + n, progress, parallel,
         )  # fmt: skip
-        outputs[n] = _save(pipe, student, out / f"steps-{n}", record("progressive", n))
+        outputs[n] = save(student, n, "progressive")
         teacher = student
     if tiny_decoder and r.tiny_steps:
         from edgediff.models.distill.tiny_decoder import tiny_decoder_for, train_tiny_decoder
         from edgediff.models.presets import save_pipeline
 
-        tiny = tiny_decoder_for(pipe.vae, r.tiny_width)
-        train_tiny_decoder(tiny, pipe.vae, stream, r, state / "tiny-decoder", seed, progress)
-        save_pipeline(tiny, out / TINY_DECODER_FOLDER)
-    print(f"distilled {', '.join(map(str, steps))} steps in "
-          f"{(time.perf_counter() - began) / 60:.1f} min")  # fmt: skip
+        tiny = tiny_decoder_for(pipe.vae, r.tiny_width).to(parallel.device)
+        train_tiny_decoder(
+            tiny, pipe.vae, stream, r, state / "tiny-decoder", seed, progress, parallel
+        )
+        if parallel.is_main:
+            save_pipeline(tiny, out / TINY_DECODER_FOLDER)
+    parallel.barrier()
+    if parallel.is_main:
+        print(f"distilled {', '.join(map(str, steps))} steps in "
+              f"{(time.perf_counter() - began) / 60:.1f} min")  # fmt: skip
     return outputs
 
 

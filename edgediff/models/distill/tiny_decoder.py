@@ -15,6 +15,7 @@ import torch
 from edgediff.models.distill.data import LatentStream
 from edgediff.models.distill.recipes import DistillRecipe
 from edgediff.models.training.loop import EMA, Stage, cosine_lr, optimizer_step, run_stage
+from edgediff.models.training.parallel import SINGLE, Parallel
 
 
 def tiny_decoder_for(vae, width: int):
@@ -48,6 +49,7 @@ def train_tiny_decoder(
     work_dir: Path,
     seed: int,
     progress: bool = True,
+    parallel: Parallel = SINGLE,
 ) -> list[float]:
     """Fit the tiny decoder to the VAE decoder's images of the stream's latents (L1 + L2)."""
     vae.eval().requires_grad_(False)
@@ -60,15 +62,16 @@ def train_tiny_decoder(
         for group in opt.param_groups:
             group["lr"] = recipe.tiny_lr * cosine_lr(k, recipe.tiny_steps, recipe.warmup)
         latents, _ = stream(k, recipe.batch_size)
+        latents = latents[parallel.rows(len(latents))].to(parallel.device)
         with torch.no_grad():
             target = vae.decode(latents / scaling).sample.clamp(-1, 1)
         image = decoder(latents)
         loss = torch.nn.functional.mse_loss(image, target) + (image - target).abs().mean()
-        return optimizer_step(opt, loss, decoder, ema)
+        return optimizer_step(opt, loss, decoder, ema, parallel)
 
     state = {"decoder": decoder, "opt": opt, "ema": ema}
     stage = Stage("tiny-decoder", recipe.tiny_steps, step, state, recipe.checkpoint_every)
-    losses = run_stage(stage, work_dir, seed, progress)
+    losses = run_stage(stage, work_dir, seed, progress, parallel)
     decoder.load_state_dict(ema.shadow)
     tiny.eval().requires_grad_(False)
     return losses

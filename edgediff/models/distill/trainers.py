@@ -27,6 +27,7 @@ from edgediff.models.distill.math import (
 from edgediff.models.distill.recipes import DistillRecipe
 from edgediff.models.distill.students import predict
 from edgediff.models.training.loop import EMA, Stage, cosine_lr, optimizer_step, run_stage
+from edgediff.models.training.parallel import SINGLE, Parallel
 
 # A share of the guidance stage's timesteps is drawn from anywhere, so the student stays a
 # denoiser between the grid points it will mostly be used at.
@@ -42,6 +43,7 @@ def _fit(
     work_dir: Path,
     seed: int,
     progress: bool,
+    parallel: Parallel,
 ) -> list[float]:
     """Minimise loss_of(k) over the student's weights; the student ends with its EMA weights."""
     student.train().requires_grad_(True)
@@ -51,19 +53,25 @@ def _fit(
     def step(k: int) -> float:
         for group in opt.param_groups:
             group["lr"] = recipe.lr * cosine_lr(k, steps, recipe.warmup)
-        return optimizer_step(opt, loss_of(k), student, ema)
+        return optimizer_step(opt, loss_of(k), student, ema, parallel)
 
     state = {"student": student, "opt": opt, "ema": ema}
     stage = Stage(name, steps, step, state, recipe.checkpoint_every)
-    losses = run_stage(stage, work_dir, seed, progress)
+    losses = run_stage(stage, work_dir, seed, progress, parallel)
     student.load_state_dict(ema.shadow)
     student.eval().requires_grad_(False)
     return losses
 
 
 def _noised(x0: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    a = alpha_bar.reshape(-1, 1, 1, 1)
+    a = alpha_bar.reshape(-1, 1, 1, 1).to(x0.device)
     return a.sqrt() * x0 + (1 - a).sqrt() * torch.randn_like(x0)
+
+
+def _mine(parallel: Parallel, tensors: list[torch.Tensor], captions: list[str]):
+    """This process's rows of the whole batch's draws, on its device."""
+    rows = parallel.rows(len(captions))
+    return [x[rows].to(parallel.device) for x in tensors], captions[rows]
 
 
 def _guidance_scales(size: int, guidance_range: tuple[float, float]) -> torch.Tensor:
@@ -83,11 +91,12 @@ def train_guidance(
     work_dir: Path,
     seed: int,
     progress: bool = True,
+    parallel: Parallel = SINGLE,
 ) -> list[float]:
     """Guidance distillation of `teacher` (a CFG U-Net) into `student`, mostly on the
     `steps`-step grid; returns the losses."""
     teacher.eval().requires_grad_(False)
-    uncond = encode([""])
+    uncond = encode([""]).to(parallel.device)
     on_grid = torch.tensor(grid.timesteps(steps))
 
     def loss_of(k: int) -> torch.Tensor:
@@ -99,7 +108,8 @@ def train_guidance(
         )
         z = _noised(x0, grid.alpha_bar(t))
         w = _guidance_scales(n, guidance_range)
-        cond = encode(captions)
+        (z, t, w), captions = _mine(parallel, [z, t, w], captions)
+        cond = encode(captions).to(parallel.device)
         with torch.no_grad():
             both = teacher(
                 torch.cat([z, z]), torch.cat([t, t]), torch.cat([uncond.expand_as(cond), cond])
@@ -108,8 +118,9 @@ def train_guidance(
         return torch.nn.functional.mse_loss(predict(student, z, t, cond, w), target)
 
     return _fit(
-        "guidance", student, loss_of, recipe.guidance_steps, recipe, work_dir, seed, progress
-    )
+        "guidance", student, loss_of, recipe.guidance_steps, recipe, work_dir, seed, progress,
+        parallel,
+    )  # fmt: skip
 
 
 def train_round(
@@ -124,6 +135,7 @@ def train_round(
     work_dir: Path,
     seed: int,
     progress: bool = True,
+    parallel: Parallel = SINGLE,
 ) -> list[float]:
     """One progressive round: `student` learns in `steps` DDIM steps what the guidance-embedded
     `teacher` does in 2 × `steps`; returns the losses."""
@@ -138,7 +150,10 @@ def train_round(
         a_t, a_mid, a_end = grid.alpha_bar(t), grid.alpha_bar(t_mid), grid.alpha_bar(t_end)
         z = _noised(x0, a_t)
         w = _guidance_scales(n, guidance_range)
-        cond = encode(captions)
+        (z, t, t_mid, w, a_t, a_mid, a_end), captions = _mine(
+            parallel, [z, t, t_mid, w, a_t, a_mid, a_end], captions
+        )
+        cond = encode(captions).to(parallel.device)
         with torch.no_grad():
             z_mid = ddim_step(z, predict(teacher, z, t, cond, w), a_t, a_mid)
             z_end = ddim_step(z_mid, predict(teacher, z_mid, t_mid, cond, w), a_mid, a_end)
@@ -148,4 +163,6 @@ def train_round(
         return (truncated_snr_weight(a_t) * per_sample).mean()
 
     name = f"steps-{steps}"
-    return _fit(name, student, loss_of, recipe.round_steps, recipe, work_dir, seed, progress)
+    return _fit(
+        name, student, loss_of, recipe.round_steps, recipe, work_dir, seed, progress, parallel
+    )

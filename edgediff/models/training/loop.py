@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from edgediff.bundle.files import atomic_path
+from edgediff.models.training.parallel import SINGLE, Parallel
 
 STATE_FILE = "state.pt"
 DONE_FILE = "done.pt"
@@ -67,16 +68,21 @@ class EMA:
 
 
 def optimizer_step(
-    opt: torch.optim.Optimizer, loss: torch.Tensor, module: torch.nn.Module, ema: EMA
+    opt: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    module: torch.nn.Module,
+    ema: EMA,
+    parallel: Parallel = SINGLE,
 ) -> float:
-    """One update: gradients of `loss`, clipped to norm 1, an optimiser step, the EMA; the
-    loss's value."""
+    """One update: gradients of `loss` (averaged over the processes), clipped to norm 1, an
+    optimiser step, the EMA; the loss's value (averaged too)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    parallel.average_gradients(module)
     torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
     opt.step()
     ema.update(module)
-    return loss.item()
+    return parallel.average(loss.item())
 
 
 @dataclass
@@ -105,24 +111,29 @@ def _snapshot(stage: Stage, step: int, losses: list[float]) -> dict[str, Any]:
     }
 
 
-def run_stage(stage: Stage, work_dir: Path, seed: int, progress: bool = True) -> list[float]:
-    """Run `stage` to its last step, resuming from `work_dir` if a checkpoint is there; losses."""
+def run_stage(
+    stage: Stage, work_dir: Path, seed: int, progress: bool = True, parallel: Parallel = SINGLE
+) -> list[float]:
+    """Run `stage` to its last step, resuming from `work_dir` if a checkpoint is there; losses.
+
+    Of several processes (`parallel`), only the first writes checkpoints and shows progress."""
     work_dir.mkdir(parents=True, exist_ok=True)
     done, ckpt = work_dir / DONE_FILE, work_dir / STATE_FILE
     source = done if done.exists() else ckpt if ckpt.exists() else None
     start, losses = 0, []
     if source is not None:
-        saved = torch.load(source, weights_only=False)
+        saved = torch.load(source, map_location=parallel.device, weights_only=False)
         for k, v in stage.state.items():
             v.load_state_dict(saved["state"][k])
         stage.extra.update(saved["extra"])
         start, losses = saved["step"], list(saved["losses"])
     if start >= stage.steps:
         return losses
-    if start:
+    if start and parallel.is_main:
         print(f"{stage.name}: resuming at step {start} of {stage.steps}")
     bar = tqdm(
-        total=stage.steps, initial=start, desc=stage.name, disable=not progress, unit="step",
+        total=stage.steps, initial=start, desc=stage.name, unit="step",
+        disable=not (progress and parallel.is_main),
         smoothing=0.05, dynamic_ncols=True,
     )  # fmt: skip
     began, recent = time.perf_counter(), []
@@ -135,11 +146,13 @@ def run_stage(stage: Stage, work_dir: Path, seed: int, progress: bool = True) ->
         recent = ([*recent, loss])[-50:]
         bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
         bar.update()
-        if (k + 1) % stage.checkpoint_every == 0 and k + 1 < stage.steps:
+        if (k + 1) % stage.checkpoint_every == 0 and k + 1 < stage.steps and parallel.is_main:
             _save_atomic(_snapshot(stage, k + 1, losses), ckpt)
     bar.close()
-    _save_atomic(_snapshot(stage, stage.steps, losses), done)
-    ckpt.unlink(missing_ok=True)
-    rate = (stage.steps - start) / max(1e-9, time.perf_counter() - began)
-    print(f"{stage.name}: {stage.steps} steps done ({rate:.2f} steps/s), last loss {loss:.4f}")
+    if parallel.is_main:
+        _save_atomic(_snapshot(stage, stage.steps, losses), done)
+        ckpt.unlink(missing_ok=True)
+        rate = (stage.steps - start) / max(1e-9, time.perf_counter() - began)
+        print(f"{stage.name}: {stage.steps} steps done ({rate:.2f} steps/s), last loss {loss:.4f}")
+    parallel.barrier()
     return losses
