@@ -146,9 +146,10 @@ edgediff_status edgediff_open(const char *bundle_dir, const edgediff_options *op
     const char *backend = options != NULL && options->backend != NULL ? options->backend : "";
     const char *precision =
         options != NULL && options->precision != NULL ? options->precision : "";
+    const char *decoder = options != NULL && options->decoder != NULL ? options->decoder : "";
     PyGILState_STATE gil = PyGILState_Ensure();
-    p->py = PyObject_CallMethod(capi_module, "CPipeline", "sss", bundle_dir ? bundle_dir : "",
-                                backend, precision);
+    p->py = PyObject_CallMethod(capi_module, "CPipeline", "ssss", bundle_dir ? bundle_dir : "",
+                                backend, precision, decoder);
     p->opened = EDGEDIFF_OK;
     if (p->py == NULL) {
         char message[2048];

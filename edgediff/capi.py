@@ -17,7 +17,7 @@ from edgediff.errors import BackendError, BundleError, EdgediffError, InputError
 from edgediff.runtime.backends import DEFAULT_BACKEND
 from edgediff.runtime.images import to_uint8
 from edgediff.runtime.pipeline import Pipeline
-from edgediff.runtime.request import DEFAULT_COUNT, GenerationRequest
+from edgediff.runtime.request import DEFAULT_COUNT, DEFAULT_DECODER, GenerationRequest
 
 # Status codes, as include/edgediff.h numbers them.
 OK, INVALID_ARGUMENT, BUNDLE, BACKEND, CANCELLED, INTERNAL = 0, 1, 2, 3, 4, 5
@@ -46,9 +46,12 @@ def status_of(error: BaseException) -> int:
 class CPipeline:
     """A pipeline as one C handle sees it."""
 
-    def __init__(self, bundle: str, backend: str, precision: str):
+    def __init__(self, bundle: str, backend: str, precision: str, decoder: str = ""):
         self.pipeline = Pipeline.load(
-            bundle or None, backend=backend or DEFAULT_BACKEND, precision=precision or None
+            bundle or None,
+            backend=backend or DEFAULT_BACKEND,
+            precision=precision or None,
+            decoder=decoder or DEFAULT_DECODER,
         )
 
     def close(self) -> None:

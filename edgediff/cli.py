@@ -16,7 +16,9 @@ from edgediff.bundle.schema import PRECISIONS
 from edgediff.errors import EdgediffError, InputError
 from edgediff.runtime.backends import DEFAULT_BACKEND
 from edgediff.runtime.request import (
+    DECODERS,
     DEFAULT_COUNT,
+    DEFAULT_DECODER,
     DEFAULT_ETA,
     DEFAULT_GUIDANCE,
     DEFAULT_OUTPUT,
@@ -278,8 +280,8 @@ MAX_COUNT = 4096
 @precision_option
 @click.option(
     "--decoder",
-    type=click.Choice(["full", "tiny"]),
-    default="full",
+    type=click.Choice(DECODERS),
+    default=DEFAULT_DECODER,
     show_default=True,
     help="The VAE's decoder, or the bundle's tiny one (from `edgediff distill`; faster).",
 )
@@ -706,7 +708,7 @@ def build(
 @click.option("--steps", default="2,4,8,16", show_default=True, help="Comma list of DDIM steps.")
 @click.option(
     "--decoders",
-    default="full",
+    default=DEFAULT_DECODER,
     show_default=True,
     help="Comma list: full (the VAE's) and/or tiny (the bundle's tiny decoder, edgediff distill).",
 )

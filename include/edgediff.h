@@ -26,8 +26,10 @@ extern "C" {
 #define EDGEDIFF_API __attribute__((visibility("default")))
 #endif
 
-/* The ABI version: bumped only when a struct or signature below changes incompatibly. */
-#define EDGEDIFF_ABI_VERSION 1
+/* The ABI version: bumped only when a struct or signature below changes incompatibly.
+ * 2: edgediff_options gained `decoder` (a library of ABI 2 reads it from an options struct
+ *    built against ABI 1, so rebuild applications against this header). */
+#define EDGEDIFF_ABI_VERSION 2
 
 typedef enum edgediff_status {
     EDGEDIFF_OK = 0,
@@ -46,6 +48,7 @@ typedef int (*edgediff_progress_fn)(void *user, int step, int steps);
 typedef struct edgediff_options {
     const char *backend;   /* "ort-cpu" (NULL), "ort-cuda", "ort-trt" or "trt" */
     const char *precision; /* "fp32", "fp16", "int8", "fp8"; NULL: the bundle's defaults */
+    const char *decoder;   /* "full" (NULL) or "tiny": a distilled bundle's tiny VAE decoder */
 } edgediff_options;
 
 typedef struct edgediff_request {

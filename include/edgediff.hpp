@@ -69,6 +69,7 @@ struct Request {
 struct Options {
     std::string backend = "ort-cpu";
     std::string precision;  // empty: the bundle's defaults
+    std::string decoder;    // empty or "full": the VAE decoder; "tiny": a distilled bundle's
 };
 
 // A loaded bundle. Movable, not copyable; safe to share between threads (calls serialise).
@@ -77,7 +78,8 @@ class Pipeline {
     // bundle_dir empty: the model shipped with edgediff.
     explicit Pipeline(const std::string &bundle_dir = "", const Options &options = {}) {
         edgediff_options c_options{options.backend.c_str(),
-                                   options.precision.empty() ? nullptr : options.precision.c_str()};
+                                   options.precision.empty() ? nullptr : options.precision.c_str(),
+                                   options.decoder.empty() ? nullptr : options.decoder.c_str()};
         edgediff_status status = edgediff_open(bundle_dir.empty() ? nullptr : bundle_dir.c_str(),
                                                &c_options, &pipe_);
         if (status != EDGEDIFF_OK) {

@@ -79,3 +79,39 @@ def quantized(tmp_path_factory):
     quantize_bundle(root, "int8", ["unet"], keep="none", probe_prompts=4, force=True)
     quantize_bundle(root, "fp8", ["unet"], keep="none", probe_prompts=4, force=True)
     return Bundle.open(root)
+
+
+@pytest.fixture(scope="session")
+def distilled(checkpoints, tmp_path_factory) -> dict[int, Path]:
+    """The tiny checkpoint distilled with the quick preset, steps (2, 1): the guidance student
+    at 2 steps, one progressive round to 1, and a tiny decoder; step count -> checkpoint."""
+    torch = pytest.importorskip("torch", reason="distillation needs the [train] extra")
+    from edgediff.models.distill.run import distill
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # deterministic and, for models this small, fastest
+    try:
+        out = tmp_path_factory.mktemp("distilled")
+        return distill(
+            checkpoints["tiny"], out, pool_guidance=3.0, recipe="quick", steps=(2, 1),
+            progress=False,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def student_bundle(checkpoints, distilled, tmp_path_factory) -> Path:
+    """`distilled` exported as one bundle through the CLI, the teacher kept as the U-Net of
+    the other step counts, 1 step recommended (read-only: copy it before changing a byte)."""
+    from click.testing import CliRunner
+
+    from edgediff.cli import cli
+
+    root = tmp_path_factory.mktemp("student") / "bundle"
+    run, teacher = next(iter(distilled.values())).parent, checkpoints["tiny"]
+    result = CliRunner().invoke(
+        cli, ["export", str(run), str(root), "--recommended-steps", "1", "--teacher", str(teacher)]
+    )
+    assert result.exit_code == 0, result.output
+    return root

@@ -61,6 +61,21 @@ def test_c_pixels_equal_the_python_apis(build, tmp_path):
     np.testing.assert_array_equal(pixels, to_uint8(expected))
 
 
+def test_c_opens_a_distilled_bundle_with_its_tiny_decoder(build, student_bundle, tmp_path):
+    out = tmp_path / "pixels.bin"
+    result = _run(
+        build, "pixels", str(student_bundle), str(out), "a red circle", "3", "0", "1", "tiny"
+    )
+    assert result.returncode == 0, result.stderr
+    count, height, width = map(int, result.stdout.split())
+    pixels = np.fromfile(out, dtype=np.uint8).reshape(count, height, width, 3)
+    with Pipeline.load(student_bundle, decoder="tiny") as pipe:
+        expected = pipe("a red circle", seed=3, output_type="np")  # 1 step: recommended
+        component = pipe.decoder
+    assert component == "vae_decoder.tiny"
+    np.testing.assert_array_equal(pixels, to_uint8(expected))
+
+
 def test_c_and_cpp_defaults_are_the_runtimes(build):
     result = _run(build, "defaults", str(DEFAULT_BUNDLE))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -90,7 +105,7 @@ def test_failures_return_their_status_and_a_readable_message(build, tmp_path):
     (corrupt / "unet/model.onnx").write_bytes(weights)
     result = _run(build, "errors", str(DEFAULT_BUNDLE), str(corrupt))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok ") == 11 and "FAIL" not in result.stdout
+    assert result.stdout.count("ok ") == 12 and "FAIL" not in result.stdout
 
 
 def test_threads_at_once_give_what_one_after_another_gives(build):
@@ -143,4 +158,4 @@ def test_an_installed_package_is_found_by_find_package(build, tmp_path):
         result = subprocess.run(command, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     ran = subprocess.run([str(app / "build" / "app")], capture_output=True, text=True)
-    assert ran.stdout == "0.1.0 1"
+    assert ran.stdout == "0.1.0 2"

@@ -30,20 +30,10 @@ from edgediff.models.distill.recipes import DistillRecipe  # noqa: E402
 from edgediff.models.distill.run import distill, parse_guidance_range, parse_steps  # noqa: E402
 from edgediff.models.distill.students import guidance_student, predict  # noqa: E402
 
-STEPS = (2, 1)  # the guidance student at 2 steps, then one progressive round to 1
+STEPS = (2, 1)  # conftest's `distilled`: the guidance student at 2 steps, one round to 1
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def distilled(checkpoints, tmp_path_factory) -> dict[int, Path]:
-    """The tiny checkpoint distilled with the quick preset: step count -> student checkpoint."""
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("distilled")
-    return distill(
-        checkpoints["tiny"], out, pool_guidance=3.0, recipe="quick", steps=STEPS, progress=False
-    )
 
 
 def _pipe(path: Path):
@@ -259,23 +249,6 @@ def test_teacher_data_distils_from_the_teachers_own_samples(checkpoints, tmp_pat
 
 
 # ------------------------------------------------------------------ export and runtime
-
-
-@pytest.fixture(scope="module")
-def student_bundle(checkpoints, distilled, tmp_path_factory) -> Path:
-    """The whole distillation run exported as one bundle through the CLI, the teacher kept as
-    the U-Net of the other step counts."""
-    from click.testing import CliRunner
-
-    from edgediff.cli import cli
-
-    root = tmp_path_factory.mktemp("student") / "bundle"
-    run, teacher = distilled[STEPS[0]].parent, checkpoints["tiny"]
-    result = CliRunner().invoke(
-        cli, ["export", str(run), str(root), "--recommended-steps", "1", "--teacher", str(teacher)]
-    )
-    assert result.exit_code == 0, result.output
-    return root
 
 
 def test_export_records_what_each_student_was_distilled_for(student_bundle):

@@ -7,6 +7,7 @@ import itertools
 from dataclasses import dataclass
 
 from edgediff.errors import InputError
+from edgediff.runtime.request import DECODERS, DEFAULT_DECODER
 
 # Accuracy is measured against fp32 on ONNX Runtime CPU: the most exact run everywhere.
 REFERENCE_BACKEND, REFERENCE_PRECISION = "ort-cpu", "fp32"
@@ -19,13 +20,13 @@ class Config:
     backend: str
     precision: str
     steps: int
-    decoder: str = "full"  # or "tiny": the bundle's tiny decoder (edgediff distill)
+    decoder: str = DEFAULT_DECODER  # or "tiny": the bundle's tiny decoder (edgediff distill)
 
     @property
     def id(self) -> str:
         """Stable name of the configuration, the key of its row in report.json."""
         base = f"{self.backend}/{self.precision}/{self.steps}"
-        return base if self.decoder == "full" else f"{base}/{self.decoder}"
+        return base if self.decoder == DEFAULT_DECODER else f"{base}/{self.decoder}"
 
     @property
     def reference(self) -> Config:
@@ -54,12 +55,12 @@ def expand(
     backends: list[str],
     precisions: list[str],
     steps: list[int],
-    decoders: list[str] | tuple[str, ...] = ("full",),
+    decoders: list[str] | tuple[str, ...] = (DEFAULT_DECODER,),
 ) -> list[Config]:
     """Every combination, references first (so accuracy can be measured as rows finish)."""
     for decoder in decoders:
-        if decoder not in ("full", "tiny"):
-            raise InputError(f"unknown decoder '{decoder}'", "Use full, tiny or both")
+        if decoder not in DECODERS:
+            raise InputError(f"unknown decoder '{decoder}'", f"Use {' and/or '.join(DECODERS)}")
     configs = [
         Config(b, p, s, d)
         for b, p, s, d in itertools.product(backends, precisions, steps, decoders)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgediff.metrics.timing import summarize
+from edgediff.runtime.request import DEFAULT_DECODER
 
 COMPONENT_TIMINGS = ("text_encoder", "unet_step", "vae_decoder", "end_to_end")
 
@@ -72,7 +73,7 @@ def measure(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]
         spec["bundle"],
         backend=spec["backend"],
         precision=spec["precision"],
-        decoder=spec.get("decoder", "full"),
+        decoder=spec.get("decoder", DEFAULT_DECODER),
     )
     load_s = time.perf_counter() - start
     request = dict(

@@ -26,7 +26,14 @@ from edgediff.runtime import request_checks as checks
 from edgediff.runtime.backends import DEFAULT_BACKEND, Backend, Session, get_backend
 from edgediff.runtime.guidance import cfg_denoiser, embedded_denoiser, is_guided
 from edgediff.runtime.images import to_images, to_pil
-from edgediff.runtime.request import DEFAULT_COUNT, DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS
+from edgediff.runtime.request import (
+    DECODERS,
+    DEFAULT_COUNT,
+    DEFAULT_DECODER,
+    DEFAULT_ETA,
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+)
 from edgediff.runtime.samplers import sample_ddim
 from edgediff.runtime.schedulers import DDIMScheduler
 from edgediff.runtime.tensorrt_flavours import installed_flavours
@@ -60,9 +67,6 @@ def _model(
         return engine.file, engine.precision, (engine.file,)
     entry = _entry(bundle, component, precision)
     return entry.file, entry.precision, entry.files
-
-
-DECODERS = ("full", "tiny")
 
 
 def _decoder_component(bundle: Bundle, decoder: str) -> str:
@@ -170,7 +174,7 @@ class Pipeline:
         backend: str | Backend = DEFAULT_BACKEND,
         precision: str | None = None,
         verify: bool = True,
-        decoder: str = "full",
+        decoder: str = DEFAULT_DECODER,
     ) -> Pipeline:
         """Open a bundle (the shipped default if None), check its hashes, load each component.
 

@@ -21,6 +21,9 @@ DEFAULT_GUIDANCE = 3.0
 DEFAULT_ETA = 0.0  # deterministic DDIM
 DEFAULT_COUNT = 1
 DEFAULT_OUTPUT = Path("image.png")
+# The VAE's own decoder unless asked; "tiny" is the stand-in `edgediff distill` trains.
+DECODERS = ("full", "tiny")
+DEFAULT_DECODER = "full"
 # A seed left unset is drawn below this bound, then printed and recorded, so any image can be
 # made again; 2**31 keeps it an int32 for every binding.
 NEW_SEED_BOUND = 2**31

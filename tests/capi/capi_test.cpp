@@ -1,5 +1,5 @@
 // The C API under test, driven by tests/test_capi.py:
-//   capi_test pixels BUNDLE OUT.bin PROMPT SEED STEPS COUNT   raw RGB8 of one request
+//   capi_test pixels BUNDLE OUT.bin PROMPT SEED STEPS COUNT [DECODER]  raw RGB8 of one request
 //   capi_test errors BUNDLE CORRUPT_BUNDLE                     each failure's status + message
 //   capi_test threads BUNDLE                                   concurrent == sequential
 //   capi_test time BUNDLE RUNS                                 seconds per default image
@@ -37,8 +37,13 @@ edgediff_pipeline *open_or_die(const char *bundle) {
     return pipe;
 }
 
-int pixels(char **argv) {
-    edgediff_pipeline *pipe = open_or_die(argv[2]);
+int pixels(int argc, char **argv) {
+    edgediff_options options{nullptr, nullptr, argc > 8 ? argv[8] : nullptr};
+    edgediff_pipeline *pipe = nullptr;
+    if (edgediff_open(argv[2], &options, &pipe) != EDGEDIFF_OK) {
+        std::cerr << "open failed: " << edgediff_last_error(pipe) << "\n";
+        return 1;
+    }
     edgediff_request request = edgediff_request_defaults();
     request.prompt = argv[4];
     request.seed = std::strtoull(argv[5], nullptr, 10);
@@ -90,10 +95,17 @@ int errors(char **argv) {
            std::string("corrupt bundle: ") + edgediff_last_error(pipe));
     edgediff_close(pipe);
 
-    edgediff_options options{"no-such-backend", nullptr};
+    edgediff_options options{"no-such-backend", nullptr, nullptr};
     status = edgediff_open(argv[2], &options, &pipe);
     expect(status == EDGEDIFF_ERROR_BACKEND && mentions(edgediff_last_error(pipe), "unknown backend"),
            std::string("bad backend: ") + edgediff_last_error(pipe));
+    edgediff_close(pipe);
+
+    options = {nullptr, nullptr, "small"};
+    status = edgediff_open(argv[2], &options, &pipe);
+    expect(status == EDGEDIFF_ERROR_INVALID_ARGUMENT &&
+               mentions(edgediff_last_error(pipe), "unknown decoder 'small'"),
+           std::string("bad decoder: ") + edgediff_last_error(pipe));
     edgediff_close(pipe);
 
     pipe = open_or_die(argv[2]);
@@ -233,7 +245,7 @@ int time_it(char **argv) {
 
 int main(int argc, char **argv) {
     std::string mode = argc > 1 ? argv[1] : "";
-    if (mode == "pixels" && argc == 8) return pixels(argv);
+    if (mode == "pixels" && (argc == 8 || argc == 9)) return pixels(argc, argv);
     if (mode == "errors" && argc == 4) return errors(argv);
     if (mode == "threads" && argc == 3) return threads(argv);
     if (mode == "time" && argc == 4) return time_it(argv);
