@@ -172,6 +172,24 @@ def cli() -> None:
     logger.propagate = False
 
 
+def _chosen_students(students: dict[int, Path], text: str) -> dict[int, Path]:
+    """The students --students names, most steps first, or a one-line error."""
+    try:
+        wanted = {int(part) for part in text.split(",")}
+    except ValueError:
+        raise InputError(
+            f"--students '{text}' must list step counts", "e.g. --students 2,1"
+        ) from None
+    missing = sorted(wanted - set(students), reverse=True)
+    if missing:
+        have = ",".join(map(str, students))
+        raise InputError(
+            f"--students {text}: no student for {','.join(map(str, missing))} steps",
+            f"The run has students for {have}",
+        )
+    return {n: path for n, path in students.items() if n in wanted}
+
+
 @cli.command()
 @click.argument("checkpoint_dir", type=click.Path(path_type=Path))
 @click.argument("bundle_dir", type=click.Path(path_type=Path))
@@ -194,9 +212,16 @@ def cli() -> None:
     help="With a distill OUT folder: keep this teacher checkpoint as the U-Net (CFG, negative "
     "prompts) for step counts no student was distilled for.",
 )
+@click.option(
+    "--students",
+    "students_text",
+    default=None,
+    help="With a distill OUT folder: the step counts whose students the bundle keeps, e.g. 2,1 "
+    "(default: all).",
+)
 def export(
     checkpoint_dir, bundle_dir, fp16, fp16_vae, opset, force, no_verify, recommended_steps,
-    teacher,
+    teacher, students_text,
 ) -> None:  # fmt: skip
     """Export a diffusers Stable Diffusion checkpoint folder to an ONNX bundle.
 
@@ -208,7 +233,7 @@ def export(
     becomes the U-Net and every other one a U-Net for its step count (unet.steps-N), which
     generation picks when asked for that many steps; its tiny decoder becomes vae_decoder.tiny
     (`generate --decoder tiny`). With --teacher, the teacher is the U-Net and every student
-    one for its step count.
+    one for its step count. --students keeps only some of them.
     """
     from edgediff.bundle.schema import steps_variant
     from edgediff.export import export_checkpoint
@@ -222,10 +247,13 @@ def export(
         if (checkpoint_dir / "model_index.json").exists()
         else distilled_checkpoints(checkpoint_dir)
     )
-    if teacher is not None and not students:
-        raise InputError(
-            "--teacher goes with an `edgediff distill` OUT folder", "Pass OUT as CHECKPOINT_DIR"
-        )
+    for flag, given in (("--teacher", teacher), ("--students", students_text)):
+        if given is not None and not students:
+            raise InputError(
+                f"{flag} goes with an `edgediff distill` OUT folder", "Pass OUT as CHECKPOINT_DIR"
+            )
+    if students_text is not None:
+        students = _chosen_students(students, students_text)
     extras, tiny = {}, None
     if students:
         run_dir = checkpoint_dir

@@ -270,6 +270,23 @@ def test_export_records_what_each_student_was_distilled_for(student_bundle):
     assert bundle.manifest.scheduler["timestep_spacing"] == "trailing"
 
 
+def test_export_keeps_only_the_students_asked_for(checkpoints, distilled, tmp_path):
+    from click.testing import CliRunner
+
+    from edgediff.cli import cli
+
+    run, teacher = distilled[STEPS[0]].parent, str(checkpoints["tiny"])
+    root = tmp_path / "bundle"
+    bad = CliRunner().invoke(cli, ["export", str(run), str(root), "--students", "4,1"])
+    assert bad.exit_code != 0 and "no student for 4 steps" in bad.output
+    assert "The run has students for 2,1" in bad.output and not root.exists()
+    args = ["export", str(run), str(root), "--teacher", teacher, "--students", "1"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    unets = sorted(c for c in Bundle.open(root).manifest.components if c.startswith("unet"))
+    assert unets == ["unet", "unet.steps-1"]
+
+
 def test_runtime_picks_the_unet_distilled_for_the_steps_asked(student_bundle):
     from edgediff.runtime import Pipeline
 
