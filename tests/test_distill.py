@@ -4,6 +4,7 @@ the same weights, export, and run in the runtime as diffusers runs them (one pas
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -270,7 +271,9 @@ def test_export_records_what_each_student_was_distilled_for(student_bundle):
     assert bundle.manifest.scheduler["timestep_spacing"] == "trailing"
 
 
-def test_export_keeps_only_the_students_asked_for(checkpoints, distilled, tmp_path):
+def test_export_keeps_only_the_students_asked_for(
+    checkpoints, distilled, tmp_path, caplog, monkeypatch
+):
     from click.testing import CliRunner
 
     from edgediff.cli import cli
@@ -285,6 +288,20 @@ def test_export_keeps_only_the_students_asked_for(checkpoints, distilled, tmp_pa
     assert result.exit_code == 0, result.output
     unets = sorted(c for c in Bundle.open(root).manifest.components if c.startswith("unet"))
     assert unets == ["unet", "unet.steps-1"]
+    # Without a teacher, the one student is the U-Net for every step count, and says so.
+    alone = tmp_path / "alone"
+    result = CliRunner().invoke(cli, ["export", str(run), str(alone), "--students", "1"])
+    assert result.exit_code == 0, result.output
+    assert [c for c in Bundle.open(alone).manifest.components if c.startswith("unet")] == ["unet"]
+    from edgediff.runtime import Pipeline
+
+    monkeypatch.setattr(logging.getLogger("edgediff"), "propagate", True)  # the CLI turned it off
+    with Pipeline.load(alone) as pipe, caplog.at_level(logging.WARNING, logger="edgediff"):
+        caplog.clear()
+        pipe("a red circle", seed=0, output_type="np")
+        assert "off the grid" not in caplog.text  # 1 step: what it learnt
+        pipe("a red circle", num_inference_steps=3, seed=0, output_type="np")
+    assert "3 steps run a U-Net distilled for 1 steps off the grid" in caplog.text
 
 
 def test_runtime_picks_the_unet_distilled_for_the_steps_asked(student_bundle):

@@ -247,6 +247,11 @@ def _export_into(
         }
         extras.append(TINY_DECODER)
     shutil.rmtree(root / SCRATCH, ignore_errors=True)
+    main_student = entries["unet"].distillation
+    if recommended_steps is None and main_student is not None:
+        # A student as the U-Net serves its own step count best (there is no teacher to fall
+        # back on), so that is what generation makes when asked for none.
+        recommended_steps = min(main_student.steps)
     tx.set_manifest(
         Manifest(
             model=ckpt.model,

@@ -458,6 +458,13 @@ class Pipeline:
             )
         distilled = self.distillation_for(steps)
         if distilled is not None:
+            if steps not in distilled.steps:
+                learnt = ", ".join(map(str, distilled.steps))
+                _log.warning(
+                    "%d steps run a U-Net distilled for %s steps off the grid it learnt, so "
+                    "images may be worse than at %s steps",
+                    steps, learnt, learnt,
+                )  # fmt: skip
             low, high = distilled.guidance_range
             if not low <= guidance_scale <= high:
                 _log.warning(
