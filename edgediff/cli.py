@@ -64,6 +64,17 @@ def precision_option(function: _F) -> _F:
     )(function)
 
 
+def decoder_option(function: _F) -> _F:
+    """--decoder: the VAE's decoder or a distilled bundle's tiny one."""
+    return click.option(
+        "--decoder",
+        type=click.Choice(DECODERS),
+        default=DEFAULT_DECODER,
+        show_default=True,
+        help="The VAE's decoder, or the bundle's tiny one (from `edgediff distill`; faster).",
+    )(function)
+
+
 def steps_option(function: _F) -> _F:
     """--steps: DDIM steps of one generation."""
     return click.option(
@@ -306,13 +317,7 @@ MAX_COUNT = 4096
 )
 @backend_option
 @precision_option
-@click.option(
-    "--decoder",
-    type=click.Choice(DECODERS),
-    default=DEFAULT_DECODER,
-    show_default=True,
-    help="The VAE's decoder, or the bundle's tiny one (from `edgediff distill`; faster).",
-)
+@decoder_option
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -433,9 +438,10 @@ def random_checkpoint(out_dir, preset, seed, force) -> None:
 )
 @backend_option
 @precision_option
+@decoder_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate(
-    bundle_dir, prompts, held_out, steps, guidance, seed, backend, precision, as_json
+    bundle_dir, prompts, held_out, steps, guidance, seed, backend, precision, decoder, as_json
 ) -> None:
     """Score a shapes bundle: does it draw what the caption says?
 
@@ -454,16 +460,21 @@ def evaluate(
 
     if prompts < 1 or held_out < 0:
         raise InputError("--prompts must be at least 1 and --held-out at least 0", "Fix the counts")
-    with Pipeline.load(bundle_dir, backend=backend, precision=precision) as pipeline:
+    with Pipeline.load(
+        bundle_dir, backend=backend, precision=precision, decoder=decoder
+    ) as pipeline:
         steps = steps or pipeline.default_steps
         scores = run(pipeline, Evaluator.load(), prompts, held_out, steps, guidance, seed)
     if as_json:
-        settings = {"steps": steps, "guidance": guidance, "seed": seed, "precision": precision}
+        settings = {
+            "steps": steps, "guidance": guidance, "seed": seed, "precision": precision,
+            "decoder": decoder,
+        }  # fmt: skip
         click.echo(json.dumps({"settings": settings, **scores_as_dict(scores)}, indent=2))
     else:
         click.echo(
             f"{steps} DDIM steps, guidance {guidance}, seed {seed}, precision "
-            f"{precision or 'default'}"
+            f"{precision or 'default'}, {decoder} decoder"
         )
         click.echo(format_scores(scores))
 

@@ -4,6 +4,7 @@ the same weights, export, and run in the runtime as diffusers runs them (one pas
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -419,6 +420,18 @@ def test_tiny_decoder_runs_in_the_runtime_as_diffusers_runs_it(student_bundle, d
         theirs = tiny.decode(torch.from_numpy(latents)).sample  # diffusion latents, as TAESD
     expected = np.clip((theirs.numpy() + 1) / 2, 0, 1).transpose(0, 2, 3, 1)
     np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_eval_scores_with_the_tiny_decoder(student_bundle):
+    from click.testing import CliRunner
+
+    from edgediff.cli import cli
+
+    args = ["eval", str(student_bundle), "--prompts", "2", "--held-out", "0", "--decoder", "tiny"]
+    result = CliRunner().invoke(cli, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["settings"]["decoder"] == "tiny" and report["settings"]["steps"] == 1
 
 
 def test_a_bundle_without_a_tiny_decoder_says_so():
