@@ -515,3 +515,27 @@ def test_external_data_goes_to_one_file(monkeypatch, tiny_bundle, checkpoints, t
     streamed = cpu_session(half).run(None, inputs)[0]
     np.testing.assert_array_equal(streamed, cpu_session(in_memory).run(None, inputs)[0])
     assert tolerances.max_errors(streamed, expected)[1] <= tolerances.EXPORT_REL_TOL["fp16"]
+
+
+def test_a_bundle_recovers_into_the_checkpoint_it_was_exported_from(checkpoints, tmp_path):
+    # The shipped model's PyTorch weights were rebuilt from its bundle this way for distilling.
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    bundle, out = tmp_path / "bundle", tmp_path / "recovered"
+    export_checkpoint(checkpoints["tiny"], bundle, progress=False)
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bundle_to_checkpoint.py"
+    command = [sys.executable, str(script), str(bundle), str(out)]
+    run = subprocess.run(command, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for sub in ("unet", "text_encoder", "vae"):
+        (original,) = (checkpoints["tiny"] / sub).glob("*.safetensors")
+        (recovered,) = (out / sub).glob("*.safetensors")
+        expected, got = load_file(original), load_file(recovered)
+        assert expected.keys() == got.keys(), sub
+        for key in expected:
+            assert torch.equal(expected[key].float(), got[key]), f"{sub}: {key}"
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode != 0 and "exists" in again.stderr
