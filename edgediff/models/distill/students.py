@@ -8,6 +8,10 @@ import torch
 
 from edgediff.models.distill.math import guidance_embedding
 
+# The guidance student's one new weight (the projection of w's embedding into the time
+# embedding); everything else starts as the teacher's.
+GUIDANCE_PROJECTION = "time_embedding.cond_proj.weight"
+
 
 def guidance_dim(unet) -> int | None:
     """The width of a U-Net's guidance embedding, or None if guidance is not embedded."""
@@ -22,7 +26,7 @@ def guidance_student(teacher):
     dim = teacher.config.block_out_channels[0]
     student = UNet2DConditionModel.from_config({**teacher.config, "time_cond_proj_dim": dim})
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
-    if unexpected or set(missing) != {"time_embedding.cond_proj.weight"}:
+    if unexpected or set(missing) != {GUIDANCE_PROJECTION}:
         raise ValueError(f"student does not fit its teacher: {missing} {unexpected}")
     torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
     return student

@@ -25,7 +25,7 @@ from edgediff.models.distill.math import (
     x0_from_eps,
 )
 from edgediff.models.distill.recipes import DistillRecipe
-from edgediff.models.distill.students import predict
+from edgediff.models.distill.students import GUIDANCE_PROJECTION, predict
 from edgediff.models.training.loop import EMA, Stage, cosine_lr, optimizer_step, run_stage
 from edgediff.models.training.parallel import SINGLE, Parallel
 
@@ -44,15 +44,22 @@ def _fit(
     seed: int,
     progress: bool,
     parallel: Parallel,
+    new: tuple[str, ...] = (),
 ) -> list[float]:
-    """Minimise loss_of(k) over the student's weights; the student ends with its EMA weights."""
+    """Minimise loss_of(k) over the student's weights (the `new` ones, not the teacher's, at a
+    higher rate); the student ends with its EMA weights."""
     student.train().requires_grad_(True)
-    opt = torch.optim.AdamW(student.parameters(), lr=recipe.lr, weight_decay=0.0)
+    named = dict(student.named_parameters())
+    groups = [
+        {"params": [p for n, p in named.items() if n not in new], "scale": 1.0},
+        {"params": [named[n] for n in new], "scale": recipe.new_layer_lr_scale},
+    ]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=recipe.lr, weight_decay=0.0)
     ema = EMA(student, recipe.ema_decay)
 
     def step(k: int) -> float:
         for group in opt.param_groups:
-            group["lr"] = recipe.lr * cosine_lr(k, steps, recipe.warmup)
+            group["lr"] = recipe.lr * group["scale"] * cosine_lr(k, steps, recipe.warmup)
         return optimizer_step(opt, loss_of(k), student, ema, parallel)
 
     state = {"student": student, "opt": opt, "ema": ema}
@@ -119,7 +126,7 @@ def train_guidance(
 
     return _fit(
         "guidance", student, loss_of, recipe.guidance_steps, recipe, work_dir, seed, progress,
-        parallel,
+        parallel, new=(GUIDANCE_PROJECTION,),
     )  # fmt: skip
 
 
