@@ -201,7 +201,7 @@ def test_two_processes_under_accelerate_launch_train_the_one_process_weights(
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "on 2 x cpu" in out.stdout
+    assert "2 process(es) on cpu" in out.stdout
     _same_weights(one_process_run, work, exact=False)
 
 

@@ -149,8 +149,10 @@ def distill(
     _check_run(state, wanted)
     minutes = r.estimated_seconds(len(steps) - 1) / 60
     if parallel.is_main:
-        print(f"distill preset {r.name} (seed {seed}) on {parallel.world} x {parallel.device}: "
-              f"{minutes:.0f} min on 2 CPU cores; state in {state}")  # fmt: skip
+        print(
+            f"distill preset {r.name} (seed {seed}), {parallel.world} process(es) on "
+            f"{parallel.device}: about {minutes:.0f} min on 2 CPU cores; state in {state}"
+        )
     began = time.perf_counter()
     # Halving rounds need nested grids that end at the final ᾱ: "trailing" spacing has them
     # (999, 499 | 999 for 2 | 1 steps), "leading" does not (501, 1 | 1). Students are saved with
