@@ -434,15 +434,14 @@ def test_eval_scores_with_the_tiny_decoder(student_bundle):
     assert report["settings"]["decoder"] == "tiny" and report["settings"]["steps"] == 1
 
 
-def test_a_bundle_without_a_tiny_decoder_says_so():
+def test_a_bundle_without_a_tiny_decoder_says_so(tiny_bundle):
     from edgediff.errors import BundleError
     from edgediff.runtime import Pipeline
-    from edgediff.runtime.pipeline import DEFAULT_BUNDLE
 
     with pytest.raises(BundleError, match=r"no tiny decoder.*edgediff distill"):
-        Pipeline.load(DEFAULT_BUNDLE, decoder="tiny")
+        Pipeline.load(tiny_bundle, decoder="tiny")
     with pytest.raises(InputError, match="unknown decoder 'small'"):
-        Pipeline.load(DEFAULT_BUNDLE, decoder="small")
+        Pipeline.load(tiny_bundle, decoder="small")
 
 
 def test_a_distilled_unet_calibrates_and_quantises_to_int8(student_bundle, tmp_path):
@@ -468,6 +467,16 @@ def test_a_distilled_unet_calibrates_and_quantises_to_int8(student_bundle, tmp_p
         images = pipe(prompts, num_inference_steps=1, seed=0, output_type="np")
         assert np.isfinite(images).all()
         assert pipe.model_files["unet.steps-1"][0] == entry.file
+    # Recording again at 2 steps replaces the 1-step recording: its files leave the bundle
+    # (the INT8 model made from it stays), and the bundle still passes its hashes.
+    old = {rel for rel in Bundle.open(root).manifest.files if "/unet.steps-1/" in rel}
+    assert old and all(rel.startswith("calibration/") for rel in old)
+    record = calibrate(root, prompts, samples=4, steps=2, batch_size=2, force=True)
+    assert set(record.inputs) == {"text_encoder", "unet.steps-2", "vae_decoder"}
+    after = Bundle.open(root)
+    after.verify()
+    assert not old & set(after.manifest.files) and not any((root / rel).exists() for rel in old)
+    assert after.model("unet.steps-1", "int8").quantization is not None
 
 
 def test_bench_measures_decoders_and_step_counts_side_by_side(student_bundle, tmp_path):

@@ -125,6 +125,7 @@ class BundleEdit:
         self.staging = staging
         self.manifest = manifest  # None while a new bundle has not been described yet
         self._creating = manifest is None
+        self._dropped: set[str] = set()
 
     @property
     def bundle(self) -> Bundle:
@@ -177,6 +178,11 @@ class BundleEdit:
         """Replace (None: drop) the bundle's calibration record; its files stay on disk."""
         self.manifest = replace(self.bundle.manifest, calibration=record)
 
+    def drop_file(self, rel: str) -> None:
+        """Take the bundle file `rel` out of the bundle on commit (nothing may still name it)."""
+        check_inside(self.root, rel)
+        self._dropped.add(rel)
+
     def commit(self) -> None:
         """Hash the staged files, move them into the bundle, then write manifest.json.
 
@@ -190,9 +196,15 @@ class BundleEdit:
             if p.is_file() and p.name != MANIFEST
         )
         records = {rel: _record(self.staging / rel) for rel in staged}
-        manifest = replace(manifest, files={**manifest.files, **records})
+        kept = {rel: r for rel, r in manifest.files.items() if rel not in self._dropped}
+        manifest = replace(manifest, files={**kept, **records})
         for rel in manifest.referenced_paths():
             check_inside(self.root, rel)
+            if rel in self._dropped and rel not in records:
+                raise BundleError(
+                    f"the bundle still names {rel}, which this edit drops",
+                    "This is a bug in edgediff: please report it with the command that ran",
+                )
         if self._creating:
             atomic_write_text(self.staging / MANIFEST, manifest.to_json())
         else:
@@ -203,6 +215,11 @@ class BundleEdit:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self.staging / rel, target)
             atomic_write_bytes(self.root / MANIFEST, manifest.to_json().encode("utf-8"))
+            # After the manifest: a crash before this leaves unlisted files, never a listed
+            # file that is missing.
+            for rel in self._dropped - set(records):
+                (self.root / rel).unlink(missing_ok=True)
+        self._dropped.clear()
         self.manifest = manifest
 
 

@@ -152,6 +152,12 @@ def calibrate(
                 np.save(tx.path(rel), array)
                 inputs.setdefault(component, {})[key] = rel
         tx.write_file(PROMPTS_FILE, "\n".join(chosen) + "\n")
+        # Recordings of an earlier calibration that this one does not repeat (another step
+        # count's U-Net, say) leave the bundle with it.
+        recorded = {rel for named in inputs.values() for rel in named.values()}
+        for rel in bundle.manifest.files:
+            if rel.startswith(f"{FOLDER}/") and rel != PROMPTS_FILE and rel not in recorded:
+                tx.drop_file(rel)
         record = Calibration(
             prompts=len(chosen),
             prompts_sha256=prompts_sha256(chosen),
