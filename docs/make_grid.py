@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from edgediff.runtime import Pipeline
 from edgediff.runtime.images import to_uint8
-from edgediff.runtime.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from edgediff.runtime.request import DEFAULT_GUIDANCE
 
 PROMPTS = [
     "a big red circle on the left",
@@ -23,9 +23,8 @@ PROMPTS = [
 ]
 
 
-def grid(bundle: str | None, seeds: int, scale: int) -> Image.Image:
+def grid(pipe: Pipeline, seeds: int, scale: int) -> Image.Image:
     """Rows of `seeds` images per prompt with the prompt written on the left."""
-    pipe = Pipeline.load(bundle)
     label_w, cell = 300, 64 * scale
     canvas = Image.new("RGB", (label_w + seeds * cell, len(PROMPTS) * cell), (255, 255, 255))
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=15)
@@ -49,8 +48,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--scale", type=int, default=2)
     args = parser.parse_args()
-    grid(args.bundle, args.seeds, args.scale).save(args.out)
-    print(f"wrote {args.out} (guidance {DEFAULT_GUIDANCE}, {DEFAULT_STEPS} steps)")
+    with Pipeline.load(args.bundle) as pipe:
+        grid(pipe, args.seeds, args.scale).save(args.out)
+        steps = pipe.default_steps
+    print(f"wrote {args.out} (guidance {DEFAULT_GUIDANCE}, {steps} steps)")
 
 
 if __name__ == "__main__":

@@ -744,12 +744,17 @@ def build(
     default=None,
     help="Comma list (fp32, fp16, int8, fp8). Default: every precision the bundle's U-Net has.",
 )
-@click.option("--steps", default="2,4,8,16", show_default=True, help="Comma list of DDIM steps.")
+@click.option(
+    "--steps",
+    default=None,
+    help="Comma list of DDIM steps. Default: every count the bundle's students were distilled "
+    "for, and 4,8 for its teacher (2,4,8,16 for a bundle that is not distilled).",
+)
 @click.option(
     "--decoders",
-    default=DEFAULT_DECODER,
-    show_default=True,
-    help="Comma list: full (the VAE's) and/or tiny (the bundle's tiny decoder, edgediff distill).",
+    default=None,
+    help="Comma list: full (the VAE's) and/or tiny (the bundle's tiny decoder, edgediff "
+    "distill). Default: every decoder the bundle has.",
 )
 @click.option(
     "--prompts", default=64, show_default=True, help="Prompts scored for accuracy (shapes)."
@@ -798,7 +803,13 @@ def bench(
     OUT/report.md and OUT/pareto.png. Started again with the same settings, it measures only
     the configurations that are missing.
     """
-    from edgediff.bench.configs import expand, parse_list, parse_steps
+    from edgediff.bench.configs import (
+        default_decoders,
+        default_steps,
+        expand,
+        parse_list,
+        parse_steps,
+    )
     from edgediff.bench.run import BenchSettings, run_bench
     from edgediff.bundle.reader import Bundle
     from edgediff.runtime.pipeline import default_bundle
@@ -827,8 +838,8 @@ def bench(
     configs = expand(
         parse_list(backends, "backends"),
         wanted,
-        parse_steps(steps),
-        parse_list(decoders, "decoders"),
+        default_steps(bundle) if steps is None else parse_steps(steps),
+        default_decoders(bundle) if decoders is None else parse_list(decoders, "decoders"),
     )
     if checkpoint is not None and architecture != "sd15":
         raise InputError("--checkpoint is for --architecture sd15's PyTorch reference row")

@@ -479,6 +479,16 @@ def test_a_distilled_unet_calibrates_and_quantises_to_int8(student_bundle, tmp_p
     assert after.model("unet.steps-1", "int8").quantization is not None
 
 
+def test_bench_defaults_to_the_students_counts_beside_the_teachers(student_bundle, tiny_bundle):
+    from edgediff.bench.configs import default_decoders, default_steps
+
+    students = Bundle.open(student_bundle)  # teacher as U-Net, students for 2 and 1 steps
+    assert default_steps(students) == [1, 2, 4, 8]
+    assert default_decoders(students) == ["full", "tiny"]
+    plain = Bundle.open(tiny_bundle)
+    assert (default_steps(plain), default_decoders(plain)) == ([2, 4, 8, 16], ["full"])
+
+
 def test_bench_measures_decoders_and_step_counts_side_by_side(student_bundle, tmp_path):
     from edgediff.bench.configs import expand
     from edgediff.bench.run import BenchSettings, run_bench

@@ -6,8 +6,13 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from edgediff.bundle.reader import Bundle
+from edgediff.bundle.schema import TINY_DECODER, kind_of
 from edgediff.errors import InputError
 from edgediff.runtime.request import DECODERS, DEFAULT_DECODER
+
+# An undistilled U-Net's usual range; beside students, the counts they are compared against.
+UNDISTILLED_STEPS, TEACHER_STEPS = (2, 4, 8, 16), (4, 8)
 
 # Accuracy is measured against fp32 on ONNX Runtime CPU: the most exact run everywhere.
 REFERENCE_BACKEND, REFERENCE_PRECISION = "ort-cpu", "fp32"
@@ -49,6 +54,25 @@ def parse_steps(text: str) -> list[int]:
     if not all(i.isdigit() and int(i) > 0 for i in items):
         raise InputError(f"--steps '{text}' must list positive integers", "e.g. --steps 2,4,8,16")
     return [int(i) for i in items]
+
+
+def default_steps(bundle: Bundle) -> list[int]:
+    """The step counts a bench of `bundle` measures unless told: every count its students were
+    distilled for, and an undistilled U-Net's usual range (4 and 8 beside students)."""
+    distilled: set[int] = set()
+    for component in bundle.manifest.components:
+        if kind_of(component) == "unet":
+            record = bundle.model(component).distillation
+            distilled |= set(record.steps) if record is not None else set()
+    if bundle.model("unet").distillation is None:
+        distilled |= set(TEACHER_STEPS if distilled else UNDISTILLED_STEPS)
+    return sorted(distilled)
+
+
+def default_decoders(bundle: Bundle) -> list[str]:
+    """Every decoder the bundle has: the VAE's, and its tiny one if it has one."""
+    has_tiny = TINY_DECODER in bundle.manifest.components
+    return [DEFAULT_DECODER, "tiny"] if has_tiny else [DEFAULT_DECODER]
 
 
 def expand(
