@@ -51,16 +51,13 @@ def shapes_rows(bundle: Path, work: Path, prompts: int) -> list[dict]:
         ["ort-cpu"], precisions, [*TEACHER_STEPS, *STUDENT_STEPS], decoders=["full", "tiny"]
     )
     report = run_bench(bundle, configs, BenchSettings(prompts=prompts), work / "shapes-bench")
-    for row in report["rows"]:
-        steps = row["config"]["steps"]
-        component = opened.unet_for(steps)
-        embedded = any(s.name == "guidance" for s in opened.model(component).inputs)
-        row["unet"] = f"{component} ({'one pass' if embedded else 'CFG, 2 passes'})"
     return report["rows"]
 
 
 def print_shapes(rows: list[dict]) -> None:
     """The shapes table: speed relative to the teacher's 8 guided steps, and accuracy."""
+    from edgediff.bench.report import unet_label
+
     base = next(r for r in rows if r["id"] == f"ort-cpu/fp32/{TEACHER_STEPS[0]}")["images_per_s"]
     print("\nshapes model, ORT CPU (images/s: median of timed runs; accuracy: all four right)")
     print(f"{'configuration':24} {'U-Net':28} {'images/s':>9} {'x teacher-8':>11} {'all four':>9}")
@@ -68,7 +65,8 @@ def print_shapes(rows: list[dict]) -> None:
         acc = r.get("accuracy", {}).get("caption_accuracy", {}).get("all")
         acc_text = "—" if acc is None else f"{100 * acc:.1f} %"
         ratio = r["images_per_s"] / base
-        print(f"{r['id']:24} {r['unet']:28} {r['images_per_s']:9.2f} {ratio:10.2f}x {acc_text:>9}")
+        unet = unet_label(r)
+        print(f"{r['id']:24} {unet:28} {r['images_per_s']:9.2f} {ratio:10.2f}x {acc_text:>9}")
 
 
 def tiny_decoder_onnx(work: Path, latent_channels: int) -> Path:

@@ -17,6 +17,15 @@ def _num(value: Any, fmt: str, none: str = "—") -> str:
     return none if value is None else format(value, fmt)
 
 
+def unet_label(row: dict[str, Any]) -> str:
+    """'unet.steps-2, 1 pass' / 'unet, CFG 2 passes': what a row's U-Net did each step."""
+    unet = row.get("unet")
+    if unet is None:
+        return "—"
+    passes = "1 pass" if unet["passes"] == 1 else f"CFG {unet['passes']} passes"
+    return f"{unet['component']}, {passes}"
+
+
 def _axes(report: dict[str, Any]) -> tuple[str, list[float], str, bool]:
     """The plot's y values: caption accuracy where the shapes evaluator scored the images,
     peak memory (lower is better) for latency-only benches."""
@@ -45,6 +54,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     header = [
         "config (backend/precision/steps)",
+        "U-Net a step",
         "s/image (median)",
         "p90",
         "images/s",
@@ -61,6 +71,7 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         cells = [
             f"`{r['id']}`",
+            unet_label(r),
             f"{r['latency_s']['end_to_end']['median']:.3f}",
             f"{r['latency_s']['end_to_end']['p90']:.3f}",
             f"{r['images_per_s']:.2f}",
@@ -103,6 +114,14 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     atomic_write_text(path, markdown(report))
 
 
+def _plot_label(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The row's id, and when the bench mixes guided and one-pass U-Nets, which this is."""
+    passes = {r["unet"]["passes"] for r in rows if r.get("unet")}
+    if len(passes) < 2 or not row.get("unet"):
+        return row["id"]
+    return f"{row['id']} ({'1 pass' if row['unet']['passes'] == 1 else 'CFG'})"
+
+
 def write_plot(report: dict[str, Any], path: Path) -> None:
     """Write pareto.png: end-to-end latency against accuracy (or memory), front drawn."""
     rows = report["rows"]
@@ -110,7 +129,7 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     points = [(r["latency_s"]["end_to_end"]["median"], y) for r, y in zip(rows, ys, strict=True)]
     with atomic_path(path) as tmp:
         plot(
-            [r["id"] for r in rows],
+            [_plot_label(r, rows) for r in rows],
             points,
             tmp,
             x_label="seconds per image, end to end (median, log scale)",

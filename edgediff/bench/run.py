@@ -186,6 +186,17 @@ def check_configs(bundle: Bundle, configs: list[Config]) -> None:
             bundle.model(TINY_DECODER)
 
 
+def unet_run(bundle: Bundle, config: Config, guidance: float) -> dict[str, Any] | None:
+    """Which U-Net a configuration runs, and how many passes each step makes (2 under
+    classifier-free guidance, 1 where a distilled U-Net takes the guidance as an input)."""
+    if config.backend == DIFFUSERS:
+        return None
+    component = bundle.unet_for(config.steps)
+    record = bundle.model(component).distillation
+    embedded = record is not None and record.guidance_embedded
+    return {"component": component, "passes": 1 if embedded or guidance <= 1 else 2}
+
+
 def load_finished(out: Path, header: dict[str, Any], force: bool) -> list[dict[str, Any]]:
     """Rows of an earlier run of the same bench in `out`, to be reused; [] if none."""
     path = out / "report.json"
@@ -224,7 +235,8 @@ def run_bench(
     from edgediff.bench.report import write_markdown, write_plot
 
     bundle, out = Path(bundle), Path(out)
-    check_configs(Bundle.open(bundle), configs)  # bad input fails before any measuring
+    opened = Bundle.open(bundle)
+    check_configs(opened, configs)  # bad input fails before any measuring
     pyplot()
     header = _header(bundle, settings)
     rows = {r["id"]: r for r in load_finished(out, header, force)}
@@ -239,7 +251,12 @@ def run_bench(
             bar.set_postfix_str(config.id)
             if config.id not in rows:
                 result = measure_in_child(bundle, config, settings, prompts, out, checkpoint)
-                rows[config.id] = {"id": config.id, "config": asdict(config), **result}
+                rows[config.id] = {
+                    "id": config.id,
+                    "config": asdict(config),
+                    "unet": unet_run(opened, config, settings.guidance),
+                    **result,
+                }
                 if scorer is not None:
                     rows[config.id]["accuracy"] = accuracy(
                         _load(_outputs_path(out, config)),
