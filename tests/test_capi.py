@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgediff.runtime import Bundle
 from edgediff.runtime import request as defaults
 from edgediff.runtime.images import to_uint8
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE, Pipeline
@@ -49,15 +50,14 @@ def _run(build: Path, *args: str, program: str = "capi_test") -> subprocess.Comp
 def test_c_pixels_equal_the_python_apis(build, tmp_path):
     out = tmp_path / "pixels.bin"
     result = _run(
-        build, "pixels", str(DEFAULT_BUNDLE), str(out), "a small green star", "11", "8", "2"
+        build, "pixels", str(DEFAULT_BUNDLE), str(out), "a small green star", "11", "0", "2"
     )
     assert result.returncode == 0, result.stderr
     count, height, width = map(int, result.stdout.split())
     pixels = np.fromfile(out, dtype=np.uint8).reshape(count, height, width, 3)
-    expected = Pipeline.load()(
-        "a small green star", seed=11, num_inference_steps=8, num_images_per_prompt=2,
-        output_type="np",
-    )  # fmt: skip
+    expected = Pipeline.load()(  # steps 0 in C, None here: the bundle's recommended count
+        "a small green star", seed=11, num_images_per_prompt=2, output_type="np"
+    )
     np.testing.assert_array_equal(pixels, to_uint8(expected))
 
 
@@ -92,8 +92,9 @@ def test_c_and_cpp_defaults_are_the_runtimes(build):
         fields = dict(zip(lines[source][::2], lines[source][1::2], strict=True))
         got = {k: np.float32(v) if k == "guidance" else int(v) for k, v in fields.items()}
         assert got == expected, f"{source}: {result.stdout}"
-    # steps 0 and count 0 take the runtime's defaults (the shipped bundle recommends no count).
-    zero = f"steps {defaults.DEFAULT_STEPS} count {defaults.DEFAULT_COUNT}"
+    # steps 0 and count 0 take the bundle's recommended count and the runtime's default count.
+    recommended = Bundle.open(DEFAULT_BUNDLE).manifest.recommended_steps
+    zero = f"steps {recommended or defaults.DEFAULT_STEPS} count {defaults.DEFAULT_COUNT}"
     assert lines["zero"] == zero.split()
 
 
