@@ -80,12 +80,13 @@ class CPipeline:
                 if function(user or None, step + 1, steps_total):
                     raise CancelledError(f"cancelled by the progress callback at step {step + 1}")
 
-        # C has no None: 0 stands for "the default" (the C side has refused negatives).
+        # C has no None: 0 stands for "the default" (the C side has refused negatives), and a
+        # negative guidance for the bundle's recommended scale (NaN stays NaN and is refused).
         request = GenerationRequest(
             prompt,
             negative_prompt=negative_prompt,
             steps=steps or None,
-            guidance=guidance,
+            guidance=None if guidance < 0 else guidance,
             seed=seed,
             height=height or None,
             width=width or None,

@@ -90,9 +90,10 @@ def guidance_option(function: _F) -> _F:
     """--guidance: the classifier-free guidance scale."""
     return click.option(
         "--guidance",
-        default=DEFAULT_GUIDANCE,
-        show_default=True,
-        help="Classifier-free guidance scale; <= 1 turns guidance off.",
+        type=float,
+        default=None,
+        help="Classifier-free guidance scale; <= 1 turns guidance off (default: the bundle's "
+        f"recommended scale; {DEFAULT_GUIDANCE:g} for a bundle that recommends none).",
     )(function)
 
 
@@ -217,6 +218,13 @@ def _chosen_students(students: dict[int, Path], text: str) -> dict[int, Path]:
     "trade-off).",
 )
 @click.option(
+    "--recommended-guidance",
+    type=float,
+    default=None,
+    help="The guidance scale `generate` uses when none is asked for (distilled students may "
+    f"guide best at another scale than their teacher; default: {DEFAULT_GUIDANCE}).",
+)
+@click.option(
     "--teacher",
     type=click.Path(path_type=Path),
     default=None,
@@ -232,7 +240,7 @@ def _chosen_students(students: dict[int, Path], text: str) -> dict[int, Path]:
 )
 def export(
     checkpoint_dir, bundle_dir, fp16, fp16_vae, opset, force, no_verify, recommended_steps,
-    teacher, students_text,
+    recommended_guidance, teacher, students_text,
 ) -> None:  # fmt: skip
     """Export a diffusers Stable Diffusion checkpoint folder to an ONNX bundle.
 
@@ -279,6 +287,7 @@ def export(
         extra_unets=extras,
         tiny_decoder=tiny,
         recommended_steps=recommended_steps,
+        recommended_guidance=recommended_guidance,
         fp16=fp16,
         fp16_vae=fp16_vae,
         opset=opset,
@@ -367,11 +376,13 @@ def generate(
     ).with_seed()
     with Pipeline.load(bundle, backend=backend, precision=precision, decoder=decoder) as pipe:
         steps = request.steps or pipe.default_steps
+        guidance = pipe.default_guidance if request.guidance is None else request.guidance
         images = pipe(**request.pipeline_arguments(), progress=True)
         seconds = pipe.last_timings.total
         root = pipe.bundle.root
     record = request.provenance(
         steps=steps,
+        guidance=guidance,
         height=images[0].height,
         width=images[0].width,
         bundle=str(root),
@@ -464,6 +475,7 @@ def evaluate(
         bundle_dir, backend=backend, precision=precision, decoder=decoder
     ) as pipeline:
         steps = steps or pipeline.default_steps
+        guidance = pipeline.default_guidance if guidance is None else guidance
         scores = run(pipeline, Evaluator.load(), prompts, held_out, steps, guidance, seed)
     if as_json:
         settings = {

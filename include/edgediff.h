@@ -55,7 +55,8 @@ typedef struct edgediff_request {
     const char *prompt;          /* required, UTF-8 */
     const char *negative_prompt; /* NULL: none */
     int steps;                   /* DDIM steps, >= 1 (0: the bundle's recommended count) */
-    float guidance;              /* classifier-free guidance scale; <= 1 turns it off */
+    float guidance;              /* classifier-free guidance scale; <= 1 turns it off
+                                    (negative: the bundle's recommended scale) */
     uint64_t seed;               /* same seed, same request, same pixels */
     int height, width;           /* pixels, multiples of the model's size step; 0: default */
     int count;                   /* images to make, >= 1 (0: the default) */
@@ -75,9 +76,10 @@ EDGEDIFF_API const char *edgediff_version(void);
 EDGEDIFF_API int edgediff_abi_version(void);
 
 /* Default request values, those of edgediff.runtime.request as this library was built with
- * (today steps 0, guidance 3, seed 0, count 1), and the model's default size. Steps 0 runs the
- * bundle's recommended count (8 for a bundle that recommends none); a count of 0 takes the
- * default of the edgediff package the library runs. */
+ * (today steps 0, guidance -1, seed 0, count 1), and the model's default size. Steps 0 runs the
+ * bundle's recommended count (8 for a bundle that recommends none), a negative guidance its
+ * recommended scale (3 for a bundle that recommends none); a count of 0 takes the default of
+ * the edgediff package the library runs. */
 EDGEDIFF_API edgediff_request edgediff_request_defaults(void);
 
 /* Load the bundle in `bundle_dir` (NULL: the model shipped with edgediff). As with

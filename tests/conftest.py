@@ -103,15 +103,15 @@ def distilled(checkpoints, tmp_path_factory) -> dict[int, Path]:
 @pytest.fixture(scope="session")
 def student_bundle(checkpoints, distilled, tmp_path_factory) -> Path:
     """`distilled` exported as one bundle through the CLI, the teacher kept as the U-Net of
-    the other step counts, 1 step recommended (read-only: copy it before changing a byte)."""
+    the other step counts, 1 step and guidance 5 recommended (read-only: copy it before
+    changing a byte)."""
     from click.testing import CliRunner
 
     from edgediff.cli import cli
 
     root = tmp_path_factory.mktemp("student") / "bundle"
     run, teacher = next(iter(distilled.values())).parent, checkpoints["tiny"]
-    result = CliRunner().invoke(
-        cli, ["export", str(run), str(root), "--recommended-steps", "1", "--teacher", str(teacher)]
-    )
+    args = ["--recommended-steps", "1", "--recommended-guidance", "5", "--teacher", str(teacher)]
+    result = CliRunner().invoke(cli, ["export", str(run), str(root), *args])
     assert result.exit_code == 0, result.output
     return root

@@ -82,7 +82,7 @@ def test_c_and_cpp_defaults_are_the_runtimes(build):
     lines = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()}
     expected = {
         "steps": 0,  # the bundle's recommended count, decided when it runs
-        "guidance": np.float32(defaults.DEFAULT_GUIDANCE),  # a C float
+        "guidance": np.float32(defaults.C_RECOMMENDED_GUIDANCE),  # the bundle's, at run time
         "seed": 0,
         "count": defaults.DEFAULT_COUNT,
         "height": 0,  # the model's size

@@ -255,7 +255,7 @@ def test_teacher_data_distils_from_the_teachers_own_samples(checkpoints, tmp_pat
 
 def test_export_records_what_each_student_was_distilled_for(student_bundle):
     bundle = Bundle.open(student_bundle)
-    assert bundle.manifest.recommended_steps == 1
+    assert (bundle.manifest.recommended_steps, bundle.manifest.recommended_guidance) == (1, 5.0)
     assert bundle.model("unet").distillation is None  # the teacher
     assert "guidance" not in [s.name for s in bundle.model("unet").inputs]
     for component, method, steps in (
@@ -321,6 +321,51 @@ def test_runtime_picks_the_unet_distilled_for_the_steps_asked(student_bundle):
         images = pipe("a red circle", negative_prompt="blue", num_inference_steps=3, seed=0)
         assert "unet" in pipe.sessions and not pipe.guidance_embedded_for(3) and len(images) == 1
         assert pipe.last_timings.components.keys() == {"text_encoder", "unet", "vae_decoder"}
+
+
+def test_the_bundles_recommended_guidance_is_every_front_ends_default(student_bundle, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgediff.cli import cli
+    from edgediff.runtime import Pipeline
+    from edgediff.runtime.images import read_png_parameters, to_uint8
+
+    with Pipeline.load(student_bundle) as pipe:
+        assert pipe.default_guidance == 5.0  # export --recommended-guidance 5
+        unset = pipe("a red circle", seed=4, output_type="np")
+        for scale, same in ((5.0, True), (3.0, False)):
+            given = pipe("a red circle", guidance_scale=scale, seed=4, output_type="np")
+            assert np.array_equal(unset, given) == same
+    out = tmp_path / "x.png"
+    args = ["generate", "a red circle", "--bundle", str(student_bundle), "--seed", "4"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert read_png_parameters(out)["guidance"] == 5.0
+    with Image.open(out) as image:
+        assert np.array_equal(np.asarray(image), to_uint8(unset)[0])
+    result = CliRunner().invoke(
+        cli, ["eval", str(student_bundle), "--prompts", "2", "--held-out", "0", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output[result.output.index("{") :])["settings"]["guidance"] == 5.0
+    info = CliRunner().invoke(cli, ["info", str(student_bundle), "--no-verify"])
+    assert "recommended guidance" in info.output and "5" in info.output
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "101"])
+def test_export_refuses_a_recommended_guidance_out_of_range(distilled, tmp_path, value):
+    from click.testing import CliRunner
+
+    from edgediff.cli import cli
+
+    run = next(iter(distilled.values())).parent
+    args = ["export", str(run), str(tmp_path / "b"), "--recommended-guidance", value]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0 and "recommended guidance must be a number from 0 to 100" in (
+        result.output
+    )
+    assert not (tmp_path / "b").exists()
 
 
 def test_runtime_equals_diffusers_forward_of_the_student(student_bundle, distilled):

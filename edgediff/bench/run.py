@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from edgediff.bundle.files import atomic_path, atomic_write_text, sha256_file
 from edgediff.bundle.reader import Bundle
 from edgediff.bundle.schema import MANIFEST, TINY_DECODER
 from edgediff.errors import InputError
-from edgediff.runtime.request import DEFAULT_GUIDANCE
+from edgediff.runtime.request import recommended_guidance
 
 FORMAT = "edgediff-bench"
 FORMAT_VERSION = 1
@@ -42,7 +42,7 @@ class BenchSettings:
     runs: int = 10
     warmup: int = 2
     seed: int = 0
-    guidance: float = DEFAULT_GUIDANCE
+    guidance: float | None = None  # None: the bundle's recommended scale
     height: int | None = None
     width: int | None = None
     batch_size: int = 16
@@ -237,6 +237,8 @@ def run_bench(
     bundle, out = Path(bundle), Path(out)
     opened = Bundle.open(bundle)
     check_configs(opened, configs)  # bad input fails before any measuring
+    if settings.guidance is None:
+        settings = replace(settings, guidance=recommended_guidance(opened.manifest))
     pyplot()
     header = _header(bundle, settings)
     rows = {r["id"]: r for r in load_finished(out, header, force)}

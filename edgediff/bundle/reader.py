@@ -56,7 +56,10 @@ _MINIMUMS: dict[str, float] = {
         ),
         1,
     ),
-    **dict.fromkeys(("pad_token_id", "bytes", "seed", "steps_offset", "build_seconds"), 0),
+    **dict.fromkeys(
+        ("pad_token_id", "bytes", "seed", "steps_offset", "build_seconds", "recommended_guidance"),
+        0,
+    ),
     "scaling_factor": 1e-6,
 }
 

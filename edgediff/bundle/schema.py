@@ -260,6 +260,9 @@ class Manifest:
     # DDIM steps to generate with when none are asked for (a distilled bundle's best trade-off);
     # None: the runtime's default.
     recommended_steps: int | None = None
+    # The guidance scale to generate with when none is asked for (distilled students may guide
+    # best at another scale than their teacher); None: the runtime's default.
+    recommended_guidance: float | None = None
     edgediff_version: str = __version__
     format_version: int = FORMAT_VERSION
 

@@ -18,7 +18,6 @@ from edgediff.bundle.reader import Bundle
 from edgediff.bundle.schema import Calibration, kind_of
 from edgediff.errors import BundleError, InputError
 from edgediff.runtime.pipeline import PIPELINE_COMPONENTS, ModelCall, Models, Pipeline
-from edgediff.runtime.request import DEFAULT_GUIDANCE
 
 FOLDER = "calibration"
 PROMPTS_FILE = f"{FOLDER}/prompts.txt"
@@ -111,7 +110,7 @@ def calibrate(
     prompts: list[str],
     samples: int = 32,
     steps: int | None = None,
-    guidance: float = DEFAULT_GUIDANCE,
+    guidance: float | None = None,
     seed: int = 0,
     batch_size: int = 4,
     force: bool = False,
@@ -141,6 +140,7 @@ def calibrate(
         chosen = choose_prompts(prompts, samples)
         with Pipeline.load(bundle, precision="fp32") as pipeline:
             steps = pipeline.default_steps if steps is None else steps
+            guidance = pipeline.default_guidance if guidance is None else guidance
             arrays = sample_inputs(
                 pipeline, chosen, steps, guidance, seed, batch_size, progress, height, width
             )

@@ -167,6 +167,7 @@ def _export_into(
     extra_unets: dict[str, Path],
     tiny_decoder: Path | None,
     recommended_steps: int | None,
+    recommended_guidance: float | None,
     fp16: bool,
     fp16_vae: bool,
     opset: int,
@@ -266,6 +267,7 @@ def _export_into(
             files={},  # every file written is hashed in when the edit commits
             source=source,
             recommended_steps=recommended_steps,
+            recommended_guidance=recommended_guidance,
         )
     )
 
@@ -363,12 +365,14 @@ def export_checkpoint(
     extra_unets: dict[str, str | os.PathLike] | None = None,
     tiny_decoder: str | os.PathLike | None = None,
     recommended_steps: int | None = None,
+    recommended_guidance: float | None = None,
 ) -> Manifest:
     """Export a diffusers SD checkpoint folder to a verified ONNX bundle folder, all or nothing.
 
     `extra_unets` adds more U-Nets (component name -> checkpoint folder sharing this one's text
     encoder and VAE), e.g. "unet.steps-2" from `edgediff distill`; `recommended_steps` is what
-    generation uses when no step count is asked for; `tiny_decoder` (an AutoencoderTiny folder
+    generation uses when no step count is asked for, `recommended_guidance` when no guidance scale
+    is; `tiny_decoder` (an AutoencoderTiny folder
     from `edgediff distill`) becomes the component vae_decoder.tiny.
     """
     from edgediff.export.checkpoint import check_checkpoint
@@ -394,6 +398,10 @@ def export_checkpoint(
         )
     if recommended_steps is not None and recommended_steps < 1:
         raise ExportError(f"recommended steps must be >= 1, got {recommended_steps}")
+    if recommended_guidance is not None and not 0.0 <= recommended_guidance <= 100.0:
+        raise ExportError(
+            f"recommended guidance must be a number from 0 to 100, got {recommended_guidance}"
+        )
     if workers is None:
         workers = 2 if _available_cpus() >= 2 else 1
     with create(bundle, "edgediff export", force) as tx:
@@ -403,6 +411,7 @@ def export_checkpoint(
             extra_unets=extras,
             tiny_decoder=tiny,
             recommended_steps=recommended_steps,
+            recommended_guidance=recommended_guidance,
             fp16=fp16,
             fp16_vae=fp16_vae,
             opset=opset,

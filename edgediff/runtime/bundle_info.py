@@ -112,6 +112,8 @@ def format_bundle(bundle: Bundle) -> str:
             )
     if m.recommended_steps is not None:
         facts.append(["recommended steps", str(m.recommended_steps)])
+    if m.recommended_guidance is not None:
+        facts.append(["recommended guidance", f"{m.recommended_guidance:g}"])
     if m.calibration is not None:
         c = m.calibration
         facts.append(

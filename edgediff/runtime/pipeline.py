@@ -31,8 +31,8 @@ from edgediff.runtime.request import (
     DEFAULT_COUNT,
     DEFAULT_DECODER,
     DEFAULT_ETA,
-    DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
+    recommended_guidance,
 )
 from edgediff.runtime.samplers import sample_ddim
 from edgediff.runtime.schedulers import DDIMScheduler
@@ -332,6 +332,11 @@ class Pipeline:
         """Steps a call makes when none are asked for: the bundle's recommendation, if any."""
         return self.bundle.manifest.recommended_steps or DEFAULT_STEPS
 
+    @property
+    def default_guidance(self) -> float:
+        """The guidance scale of a call that asks for none: the bundle's recommendation, if any."""
+        return recommended_guidance(self.bundle.manifest)
+
     def denoiser(
         self,
         cond: np.ndarray,
@@ -372,7 +377,7 @@ class Pipeline:
         prompt: str | Sequence[str],
         negative_prompt: str | Sequence[str] | None = None,
         num_inference_steps: int | None = None,
-        guidance_scale: float = DEFAULT_GUIDANCE,
+        guidance_scale: float | None = None,
         eta: float = DEFAULT_ETA,
         height: int | None = None,
         width: int | None = None,
@@ -386,8 +391,9 @@ class Pipeline:
     ) -> Any:
         """Generate images. Returns PIL images, float32 N×H×W×3 in [0, 1] ("np") or latents.
 
-        `num_inference_steps` None makes the bundle's recommended count (`default_steps`); a
-        bundle with a U-Net distilled for the count asked runs that one. `callback(step,
+        `num_inference_steps` None makes the bundle's recommended count (`default_steps`), and
+        `guidance_scale` None its recommended scale (`default_guidance`); a bundle with a U-Net
+        distilled for the count asked runs that one. `callback(step,
         num_steps, latents)` runs after each denoising step. `models` replaces the model calls
         (default: models_for(num_inference_steps)), e.g. to record what each one is fed.
         """
@@ -398,6 +404,8 @@ class Pipeline:
         num_inference_steps = checks.integer(
             num_inference_steps, "num_inference_steps", 1, self.scheduler.num_train_timesteps
         )
+        if guidance_scale is None:
+            guidance_scale = self.default_guidance
         guidance_scale = checks.real(guidance_scale, "guidance_scale", 0.0, checks.MAX_GUIDANCE)
         eta = checks.real(eta, "eta", 0.0, 1.0)
         seed = checks.seed(seed)

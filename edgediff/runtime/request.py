@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from edgediff import __version__
+from edgediff.bundle.schema import Manifest
 
 # Picked for the shipped shapes model on prompts `edgediff eval` does not report (README, "The
 # shipped model"): 8 DDIM steps with guidance 3 is where its accuracy stops improving.
 DEFAULT_STEPS = 8
 DEFAULT_GUIDANCE = 3.0
+# What the C API's float says for "the bundle's recommended guidance" (C has no None).
+C_RECOMMENDED_GUIDANCE = -1.0
 DEFAULT_ETA = 0.0  # deterministic DDIM
 DEFAULT_COUNT = 1
 DEFAULT_OUTPUT = Path("image.png")
@@ -27,6 +30,12 @@ DEFAULT_DECODER = "full"
 # A seed left unset is drawn below this bound, then printed and recorded, so any image can be
 # made again; 2**31 keeps it an int32 for every binding.
 NEW_SEED_BOUND = 2**31
+
+
+def recommended_guidance(manifest: Manifest) -> float:
+    """The guidance scale a bundle generates with when none is asked for."""
+    recommended = manifest.recommended_guidance
+    return DEFAULT_GUIDANCE if recommended is None else recommended
 
 
 def new_seed() -> int:
@@ -48,7 +57,7 @@ class GenerationRequest:
     prompt: str
     negative_prompt: str | None = None
     steps: int | None = None  # None: the bundle's recommended count (DEFAULT_STEPS if none)
-    guidance: float = DEFAULT_GUIDANCE
+    guidance: float | None = None  # None: the bundle's recommended scale (DEFAULT_GUIDANCE)
     eta: float = DEFAULT_ETA
     seed: int | None = None  # None: new_seed(), recorded in the provenance
     height: int | None = None  # None: the model's default size
@@ -79,6 +88,7 @@ class GenerationRequest:
         self,
         *,
         steps: int,
+        guidance: float,
         height: int,
         width: int,
         bundle: str,
@@ -90,7 +100,7 @@ class GenerationRequest:
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "steps": steps,
-            "guidance": self.guidance,
+            "guidance": guidance,
             "eta": self.eta,
             "seed": self.seed,
             "height": height,
@@ -105,6 +115,7 @@ class GenerationRequest:
 def c_defaults() -> dict[str, float | int]:
     """The defaults of the C API's edgediff_request, as the library's build compiles them in.
 
-    C has no None: steps 0 asks for the bundle's recommended count, decided at run time.
+    C has no None: steps 0 asks for the bundle's recommended count and a negative guidance for
+    its recommended scale, both decided at run time.
     """
-    return {"steps": 0, "guidance": DEFAULT_GUIDANCE, "count": DEFAULT_COUNT, "seed": 0}
+    return {"steps": 0, "guidance": C_RECOMMENDED_GUIDANCE, "count": DEFAULT_COUNT, "seed": 0}

@@ -6,7 +6,7 @@ int main(void) {
     edgediff_pipeline *pipe;
     if (edgediff_open(NULL, NULL, &pipe) != EDGEDIFF_OK)   /* NULL: the shipped model */
         fprintf(stderr, "%s\n", edgediff_last_error(pipe)); /* a handle comes back even then */
-    edgediff_request request = edgediff_request_defaults(); /* recommended steps, guidance 3, seed 0 */
+    edgediff_request request = edgediff_request_defaults(); /* the bundle's steps and guidance, seed 0 */
     request.prompt = "a big red circle on the left";
     request.count = 2;
     edgediff_image images; /* count x height x width x 3 */
