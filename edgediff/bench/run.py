@@ -25,6 +25,7 @@ from edgediff.bundle.files import atomic_path, atomic_write_text, sha256_file
 from edgediff.bundle.reader import Bundle
 from edgediff.bundle.schema import MANIFEST, TINY_DECODER
 from edgediff.errors import InputError
+from edgediff.runtime.guidance import is_guided
 from edgediff.runtime.request import recommended_guidance
 
 FORMAT = "edgediff-bench"
@@ -194,7 +195,7 @@ def unet_run(bundle: Bundle, config: Config, guidance: float) -> dict[str, Any] 
     component = bundle.unet_for(config.steps)
     record = bundle.model(component).distillation
     embedded = record is not None and record.guidance_embedded
-    return {"component": component, "passes": 1 if embedded or guidance <= 1 else 2}
+    return {"component": component, "passes": 2 if is_guided(guidance) and not embedded else 1}
 
 
 def load_finished(out: Path, header: dict[str, Any], force: bool) -> list[dict[str, Any]]:

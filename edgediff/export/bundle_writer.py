@@ -25,6 +25,7 @@ from edgediff.bundle.schema import (
 )
 from edgediff.bundle.typed_json import FieldError, decode
 from edgediff.errors import ExportError
+from edgediff.runtime.request_checks import MAX_GUIDANCE
 
 
 def _available_cpus() -> int:
@@ -398,9 +399,10 @@ def export_checkpoint(
         )
     if recommended_steps is not None and recommended_steps < 1:
         raise ExportError(f"recommended steps must be >= 1, got {recommended_steps}")
-    if recommended_guidance is not None and not 0.0 <= recommended_guidance <= 100.0:
+    if recommended_guidance is not None and not 0.0 <= recommended_guidance <= MAX_GUIDANCE:
         raise ExportError(
-            f"recommended guidance must be a number from 0 to 100, got {recommended_guidance}"
+            f"recommended guidance must be a number from 0 to {MAX_GUIDANCE:g}, got "
+            f"{recommended_guidance}"
         )
     if workers is None:
         workers = 2 if _available_cpus() >= 2 else 1

@@ -31,8 +31,8 @@ from edgediff.runtime.request import (
     DEFAULT_COUNT,
     DEFAULT_DECODER,
     DEFAULT_ETA,
-    DEFAULT_STEPS,
     recommended_guidance,
+    recommended_steps,
 )
 from edgediff.runtime.samplers import sample_ddim
 from edgediff.runtime.schedulers import DDIMScheduler
@@ -203,7 +203,7 @@ class Pipeline:
         sessions: dict[str, Session] = {}
         try:
             # The U-Net of the bundle's recommended step count; others load on first use.
-            unet = bundle.unet_for(bundle.manifest.recommended_steps or DEFAULT_STEPS)
+            unet = bundle.unet_for(recommended_steps(bundle.manifest))
             names = ("text_encoder", unet, decoder_component)
             models = {n: _model(bundle, backend, n, precision) for n in names}
             if verify:
@@ -330,7 +330,7 @@ class Pipeline:
     @property
     def default_steps(self) -> int:
         """Steps a call makes when none are asked for: the bundle's recommendation, if any."""
-        return self.bundle.manifest.recommended_steps or DEFAULT_STEPS
+        return recommended_steps(self.bundle.manifest)
 
     @property
     def default_guidance(self) -> float:

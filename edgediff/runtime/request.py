@@ -32,6 +32,11 @@ DEFAULT_DECODER = "full"
 NEW_SEED_BOUND = 2**31
 
 
+def recommended_steps(manifest: Manifest) -> int:
+    """The DDIM steps a bundle makes when none are asked for."""
+    return manifest.recommended_steps or DEFAULT_STEPS
+
+
 def recommended_guidance(manifest: Manifest) -> float:
     """The guidance scale a bundle generates with when none is asked for."""
     recommended = manifest.recommended_guidance
