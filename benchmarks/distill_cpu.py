@@ -132,15 +132,54 @@ def sd15_component_seconds(work: Path, runs: int, threads: int) -> dict[str, flo
         "vae_decoder": ("vae_decoder", {"latent_sample": latents(1)}),
         "tiny_decoder": ("tiny_decoder", {"latent_sample": latents(1)}),
     }  # fmt: skip
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for round_ in range(runs + 1):  # round 0 warms up
-        for name, (component, feeds) in calls.items():
-            start = time.perf_counter()
-            sessions[component].run(feeds)
-            if round_:
-                times[name].append(time.perf_counter() - start)
+    seconds = timed_calls(sessions, calls, rounds=runs, repeats=1)
     backend.close()
+    return seconds
+
+
+def timed_calls(sessions: dict, calls: dict, rounds: int, repeats: int) -> dict[str, float]:
+    """Median seconds of each call, timed in turns of `repeats` back-to-back runs per call.
+
+    Turns rather than alternating single runs: ORT's idle pool threads spin for a while after
+    a run, and on 2 cores another session's spinning threads slowed a short call 5-10x.
+    """
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(rounds + 1):  # round 0 warms up
+        for name, (component, feeds) in calls.items():
+            for _ in range(repeats):
+                start = time.perf_counter()
+                sessions[component].run(feeds)
+                if round_:
+                    times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def decoder_seconds(bundle: Path, threads: int, rounds: int = 6) -> dict[str, float]:
+    """The bundle's full and tiny decoders at batch 1, timed side by side."""
+    from edgediff.bundle.reader import Bundle
+    from edgediff.bundle.schema import TINY_DECODER
+    from edgediff.runtime.backends import get_backend
+
+    opened = Bundle.open(bundle)
+    config = opened.manifest.model
+    latents = np.random.default_rng(0).standard_normal(
+        (1, config.latent_channels, config.default_latent, config.default_latent), dtype=np.float32
+    )
+    backend = get_backend("ort-cpu", threads=threads)
+    try:
+        components = ("vae_decoder", TINY_DECODER)
+        sessions = {c: backend.load(opened.path(opened.model(c).file)) for c in components}
+        calls = {c: (c, {"latent_sample": latents}) for c in sessions}
+        return timed_calls(sessions, calls, rounds=rounds, repeats=25)
+    finally:
+        backend.close()
+
+
+def print_decoders(seconds: dict[str, float]) -> None:
+    """Full against tiny decoder."""
+    full, tiny = seconds["vae_decoder"], seconds["vae_decoder.tiny"]
+    print("\nshapes model decoders, ORT CPU fp32, batch 1 (median of turns of 25 runs)")
+    print(f"  full {1000 * full:.2f} ms, tiny {1000 * tiny:.2f} ms: tiny {full / tiny:.2f}x faster")
 
 
 def print_sd15(seconds: dict[str, float]) -> None:
@@ -176,6 +215,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-sd15", action="store_true")
     args = parser.parse_args()
+    print_decoders(decoder_seconds(args.bundle, args.threads))
     print_shapes(shapes_rows(args.bundle, args.work, args.prompts))
     if not args.skip_sd15:
         print_sd15(sd15_component_seconds(args.work / "sd15", args.runs, args.threads))

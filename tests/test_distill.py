@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,7 +136,8 @@ torch.set_num_threads(1)
 from edgediff.models.distill.recipes import DistillRecipe
 from edgediff.models.distill.run import distill
 recipe = DistillRecipe("micro", "test", guidance_steps=12, round_steps=6, batch_size=4,
-                       warmup=2, ema_decay=0.9, checkpoint_every=3, tiny_steps=3, tiny_width=8)
+                       warmup=2, ema_decay=0.9, checkpoint_every=3, tiny_steps=3, tiny_width=8,
+                       tiny_pool=8)
 distill(sys.argv[1], sys.argv[2], pool_guidance=3.0, recipe=recipe, steps=(2, 1), progress=False)
 """
 
@@ -234,6 +236,31 @@ def test_bad_options_are_refused_in_one_line(checkpoints, tmp_path):
             recipe=DistillRecipe("micro", "test", guidance_steps=1, round_steps=1, batch_size=3),
             progress=False,
         )  # fmt: skip
+
+
+def test_retuning_the_tiny_decoder_keeps_the_finished_students(checkpoints, tmp_path):
+    def recipe(width: int) -> DistillRecipe:
+        return DistillRecipe(
+            "micro", "test", guidance_steps=1, round_steps=1, batch_size=2, tiny_steps=2,
+            tiny_width=width, tiny_blocks=1, tiny_pool=4,
+        )  # fmt: skip
+
+    def run(width: int) -> None:
+        distill(
+            checkpoints["tiny"], tmp_path, pool_guidance=3.0, recipe=recipe(width), steps=(2, 1),
+            progress=False,
+        )  # fmt: skip
+
+    run(8)
+    guidance = tmp_path / "state" / "guidance" / "done.pt"
+    trained = guidance.stat().st_mtime_ns
+    with pytest.raises(InputError, match=r"tiny decoder trained with other tiny_width.*Delete"):
+        run(4)
+    shutil.rmtree(tmp_path / "state" / "tiny-decoder")
+    run(4)
+    assert guidance.stat().st_mtime_ns == trained
+    config = json.loads((tmp_path / "tiny-decoder" / "config.json").read_text())
+    assert set(config["decoder_block_out_channels"]) == {4}
 
 
 def test_teacher_data_distils_from_the_teachers_own_samples(checkpoints, tmp_path):
@@ -462,7 +489,9 @@ def test_tiny_decoder_runs_in_the_runtime_as_diffusers_runs_it(student_bundle, d
         ours = pipe.decode(latents)
         assert TINY_DECODER in pipe.sessions and "vae_decoder" not in pipe.sessions
     with torch.no_grad():
-        theirs = tiny.decode(torch.from_numpy(latents)).sample  # diffusion latents, as TAESD
+        # as diffusers' pipelines decode: latents / the decoder's factor
+        assert tiny.config.scaling_factor != 1.0
+        theirs = tiny.decode(torch.from_numpy(latents) / tiny.config.scaling_factor).sample
     expected = np.clip((theirs.numpy() + 1) / 2, 0, 1).transpose(0, 2, 3, 1)
     np.testing.assert_allclose(ours, expected, atol=1e-4)
 

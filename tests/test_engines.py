@@ -85,23 +85,32 @@ def test_spans_and_sizes_parse_and_reject_bad_text():
             parse_size(bad)
 
 
-def test_profiles_double_the_guided_batch_and_use_latent_sizes(bundle_dir):
-    bundle = Bundle.open(bundle_dir)
-    config = bundle.manifest.model  # VAE factor 4, sizes multiples of 16
-    spans = dim_spans(Span(1, 1, 4), parse_size("32:64:96"), config, static=False)
+def test_profiles_double_the_guided_batch_and_use_latent_sizes(tiny_bundle):
+    bundle = Bundle.open(tiny_bundle)  # a teacher: its U-Net runs [uncond; cond]
+    config = bundle.manifest.model
+    assert bundle.model("unet").distillation is None
+    m = config.size_multiple
+    spans = dim_spans(Span(1, 1, 4), parse_size(f"{2 * m}:{4 * m}:{6 * m}"), config, static=False)
+    latent = [k * m // config.vae_scale_factor for k in (2, 4, 6)]
+    text = (config.max_text_length, config.text_embed_dim)
     unet = component_profile("unet", bundle.model("unet").inputs, spans)
     assert unet == {
-        "sample": ((1, 4, 8, 8), (2, 4, 16, 16), (8, 4, 24, 24)),
-        "encoder_hidden_states": ((1, 16, 64), (2, 16, 64), (8, 16, 64)),
-    }  # the timestep is static, so it needs no profile
-    text = component_profile("text_encoder", bundle.model("text_encoder").inputs, spans)
-    assert text == {"input_ids": ((1, 16), (2, 16), (8, 16))}
+        "sample": ((1, 4, latent[0], latent[0]), (2, 4, latent[1], latent[1]),
+                   (8, 4, latent[2], latent[2])),
+        "encoder_hidden_states": ((1, *text), (2, *text), (8, *text)),
+    }  # fmt: skip  # the timestep is static, so it needs no profile
+    ids = component_profile("text_encoder", bundle.model("text_encoder").inputs, spans)
+    length = config.max_text_length
+    assert ids == {"input_ids": ((1, length), (2, length), (8, length))}
     vae = component_profile("vae_decoder", bundle.model("vae_decoder").inputs, spans)
-    assert vae == {"latent_sample": ((1, 4, 8, 8), (1, 4, 16, 16), (4, 4, 24, 24))}
+    assert vae == {
+        "latent_sample": ((1, 4, latent[0], latent[0]), (1, 4, latent[1], latent[1]),
+                          (4, 4, latent[2], latent[2])),
+    }  # fmt: skip
 
-    static = dim_spans(Span(1, 2, 4), parse_size("32:64:96"), config, static=True)
+    static = dim_spans(Span(1, 2, 4), parse_size(f"{2 * m}:{4 * m}:{6 * m}"), config, static=True)
     unet = component_profile("unet", bundle.model("unet").inputs, static)
-    assert unet["sample"] == ((4, 4, 16, 16),) * 3
+    assert unet["sample"] == ((4, 4, latent[1], latent[1]),) * 3
 
 
 def test_profiles_refuse_sizes_the_model_cannot_take(bundle_dir):

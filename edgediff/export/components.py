@@ -143,17 +143,17 @@ class VaeDecoderWrapper(torch.nn.Module):
 
 
 class TinyDecoderWrapper(torch.nn.Module):
-    """AutoencoderTiny.decode on the VAE decoder's input (latents / scaling_factor): it takes
-    diffusion latents, as TAESD does, so the graph scales them back first."""
+    """AutoencoderTiny.decode on the VAE decoder's input (latents / the VAE's scaling factor):
+    it takes latents / its own factor, so the graph rescales them first."""
 
-    def __init__(self, model: torch.nn.Module, scaling_factor: float):
+    def __init__(self, model: torch.nn.Module, vae_scaling_factor: float):
         super().__init__()
         self.model = model
-        self.scaling_factor = scaling_factor
+        self.rescale = vae_scaling_factor / model.config.scaling_factor
 
     def forward(self, latent_sample: torch.Tensor) -> torch.Tensor:
         """Decode latents."""
-        return self.model.decode(latent_sample * self.scaling_factor, return_dict=False)[0]
+        return self.model.decode(latent_sample * self.rescale, return_dict=False)[0]
 
 
 class VaeEncoderWrapper(torch.nn.Module):

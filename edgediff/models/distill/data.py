@@ -3,6 +3,7 @@
 `shapes`: VAE latents of the captioned-shapes generator (the shipped model's own data).
 `teacher`: the teacher's own samples for a user's prompt file, made once and kept in the run
 folder, so a user with a checkpoint and prompts can distil without the training set.
+The tiny decoder also learns on the students' own samples (`with_student_samples`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from edgediff.bundle.files import atomic_path
 from edgediff.data import shapes
 from edgediff.models.distill.grid import DdimGrid
 from edgediff.models.distill.math import ddim_step, guided_eps
+from edgediff.models.distill.students import predict
 from edgediff.models.training.clip import tokenize
+from edgediff.models.training.loop import step_seed
 from edgediff.models.training.parallel import SINGLE, Parallel
 
 # (step k, batch size) -> (x₀ [B, C, h, w], captions)
@@ -106,5 +109,47 @@ def teacher_stream(
     def batch(k: int, size: int) -> tuple[torch.Tensor, list[str]]:
         index = [(k * size + i) % pool for i in range(size)]
         return x0[index], [chosen[i] for i in index]
+
+    return batch
+
+
+@torch.no_grad()
+def sample_student(
+    unet, cond: torch.Tensor, grid: DdimGrid, steps: int, guidance: torch.Tensor, z: torch.Tensor
+) -> torch.Tensor:
+    """x₀ of a guidance-embedded student's deterministic DDIM samples from noise z."""
+    for t in grid.timesteps(steps):
+        ts = torch.full((len(z),), t)
+        eps = predict(unet, z, ts.to(z.device), cond, guidance)
+        a_t, a_prev = grid.alpha_bar(ts), grid.alpha_bar(grid.previous(ts, steps))
+        z = ddim_step(z, eps, a_t.to(z.device), a_prev.to(z.device))
+    return z
+
+
+def with_student_samples(
+    stream: LatentStream,
+    students: list[tuple[object, int]],
+    encode: TextEncoder,
+    grid: DdimGrid,
+    guidance_range: tuple[float, float],
+    seed: int,
+) -> LatentStream:
+    """`stream` with every other batch's latents replaced by (U-Net, steps) students' samples
+    of its captions, at scales across the guidance range: what a decoder will be given.
+
+    A tiny decoder fitted to encoder latents alone reproduced the VAE at 34.8 dB on them but at
+    27.4 dB on the 1-step student's samples, and lost 5 points of accuracy there.
+    """
+    low, high = guidance_range
+
+    def batch(k: int, size: int) -> tuple[torch.Tensor, list[str]]:
+        x0, captions = stream(k, size)
+        if k % 2 == 0 or not students:
+            return x0, captions
+        unet, steps = students[(k // 2) % len(students)]
+        draw = torch.Generator().manual_seed(step_seed(seed, k))
+        z = torch.randn(x0.shape, generator=draw).to(x0.device)
+        w = (low + (high - low) * torch.rand(size, generator=draw)).to(x0.device)
+        return sample_student(unet, encode(captions), grid, steps, w, z), captions
 
     return batch

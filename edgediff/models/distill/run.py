@@ -81,6 +81,22 @@ def _check_run(state: Path, wanted: dict) -> None:
         atomic_write_text(record, json.dumps(wanted, indent=2))
 
 
+def _check_tiny_stage(stage: Path, wanted: dict) -> None:
+    """The tiny decoder's own settings: changing them keeps the finished U-Net stages."""
+    record = stage / "settings.json"
+    if record.exists():
+        found = json.loads(record.read_text())
+        if found != wanted:
+            changed = sorted(k for k in wanted if found.get(k) != wanted[k])
+            raise InputError(
+                f"'{stage}' holds a tiny decoder trained with other {', '.join(changed)}",
+                f"Delete '{stage}' to train it again with these (the U-Net students are kept)",
+            )
+    else:
+        stage.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(wanted, indent=2))
+
+
 def _load_teacher(checkpoint: Path):
     from diffusers import StableDiffusionPipeline
 
@@ -144,7 +160,6 @@ def distill(
         "data": data,
         "teacher_unet_sha256": teacher_hash,
         "prompts_sha256": hashlib.sha256("\n".join(prompts or []).encode()).hexdigest(),
-        "tiny_decoder": tiny_decoder,
     }
     _check_run(state, wanted)
     minutes = r.estimated_seconds(len(steps) - 1) / 60
@@ -191,6 +206,8 @@ def distill(
         state / "guidance", seed, progress, parallel,
     )  # fmt: skip
     outputs = {steps[0]: save(student, steps[0], "guidance")}
+    # the two fewest-step students: the tiny decoder learns on their samples too
+    finals = [(student, steps[0])]
     teacher = student
     for n in steps[1:]:
         student = copy_student(teacher)
@@ -199,14 +216,19 @@ def distill(
             state / f"steps-{n}", seed + n, progress, parallel,
         )  # fmt: skip
         outputs[n] = save(student, n, "progressive")
+        finals = [*finals, (student, n)][-2:]
         teacher = student
     if tiny_decoder and r.tiny_steps:
         from edgediff.models.distill.tiny_decoder import tiny_decoder_for, train_tiny_decoder
         from edgediff.models.presets import save_pipeline
 
-        tiny = tiny_decoder_for(pipe.vae, r.tiny_width).to(parallel.device)
+        if parallel.is_main:
+            _check_tiny_stage(state / "tiny-decoder", r.tiny_settings())
+        parallel.barrier()
+        tiny = tiny_decoder_for(pipe.vae, r).to(parallel.device)
+        mixed = sources.with_student_samples(stream, finals, encode, grid, guidance_range, seed)
         train_tiny_decoder(
-            tiny, pipe.vae, stream, r, state / "tiny-decoder", seed, progress, parallel
+            tiny, pipe.vae, mixed, r, state / "tiny-decoder", seed, progress, parallel
         )
         if parallel.is_main:
             save_pipeline(tiny, out / TINY_DECODER_FOLDER)
