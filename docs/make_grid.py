@@ -11,7 +11,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from edgediff.runtime import Pipeline
 from edgediff.runtime.images import to_uint8
-from edgediff.runtime.request import DEFAULT_GUIDANCE
 
 PROMPTS = [
     "a big red circle on the left",
@@ -50,8 +49,8 @@ def main() -> None:
     args = parser.parse_args()
     with Pipeline.load(args.bundle) as pipe:
         grid(pipe, args.seeds, args.scale).save(args.out)
-        steps = pipe.default_steps
-    print(f"wrote {args.out} (guidance {DEFAULT_GUIDANCE}, {steps} steps)")
+        steps, guidance = pipe.default_steps, pipe.default_guidance
+    print(f"wrote {args.out} (guidance {guidance:g}, {steps} steps)")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgediff.bench.caption_eval import generate_for
+from edgediff.bundle.schema import TINY_DECODER
 from edgediff.cli import cli
 from edgediff.data.shapes import eval_prompts
 from edgediff.metrics.evaluator import Evaluator
 from edgediff.metrics.quality import attribute_accuracy
 from edgediff.runtime import Bundle, Pipeline
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE
-from edgediff.runtime.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from edgediff.tolerances import QUANT_TARGET_PSNR_DB
 
 MAX_BYTES = 25 * 2**20
@@ -32,23 +32,43 @@ def test_shipped_bundle_passes_its_hashes_and_is_small():
     assert bundle.manifest.model.size_multiple == 16
 
 
-@pytest.mark.parametrize("precision", [None, "int8"])
-def test_pipeline_load_without_arguments_draws_what_prompts_say(precision):
-    pipe = Pipeline.load(precision=precision)
-    attrs = eval_prompts(24, seed=123)
-    images = generate_for(pipe, attrs, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE, seed=123)
+def test_shipped_model_is_distilled_to_two_steps_and_one_with_a_tiny_decoder():
+    bundle = Bundle.open(DEFAULT_BUNDLE)
+    assert bundle.manifest.recommended_steps == 2
+    for steps in (2, 1):
+        record = bundle.model(bundle.unet_for(steps)).distillation
+        assert record is not None and record.guidance_embedded and steps in record.steps
+        low, high = record.guidance_range
+        assert low <= bundle.manifest.recommended_guidance <= high
+    assert bundle.unet_for(1) == "unet.steps-1"
+    assert TINY_DECODER in bundle.manifest.components
+
+
+@pytest.mark.parametrize(
+    ("steps", "precision", "decoder"),
+    [(None, None, "full"), (None, "int8", "full"), (1, None, "tiny"), (1, "int8", "full")],
+)
+def test_pipeline_load_without_arguments_draws_what_prompts_say(steps, precision, decoder):
+    with Pipeline.load(precision=precision, decoder=decoder) as pipe:
+        attrs = eval_prompts(24, seed=123)
+        steps = steps or pipe.default_steps
+        guidance = pipe.default_guidance
+        images = generate_for(pipe, attrs, steps=steps, guidance=guidance, seed=123)
     assert images.shape == (24, 64, 64, 3)
     acc = attribute_accuracy(Evaluator.load().read(images), attrs)
     # Far above chance (12.5 % colour, 20 % position); the full measurement is `edgediff eval`.
     assert acc["colour"] >= 0.6 and acc["position"] >= 0.5, acc
 
 
-def test_shipped_int8_unet_records_how_it_was_made():
+@pytest.mark.parametrize("unet", ["unet", "unet.steps-1"])
+def test_shipped_int8_unets_record_how_they_were_made(unet):
     bundle = Bundle.open(DEFAULT_BUNDLE)
     record = bundle.manifest.calibration
     assert record is not None
-    assert (record.steps, record.guidance) == (DEFAULT_STEPS, DEFAULT_GUIDANCE)
-    quantization = bundle.model("unet", "int8").quantization
+    # The last recording is at the recommended count and guidance.
+    recommended = (bundle.manifest.recommended_steps, bundle.manifest.recommended_guidance)
+    assert (record.steps, record.guidance) == recommended
+    quantization = bundle.model(unet, "int8").quantization
     assert quantization.psnr_db >= QUANT_TARGET_PSNR_DB
     assert quantization.sensitivity in bundle.manifest.files
 

@@ -105,7 +105,8 @@ def format_bundle(bundle: Bundle) -> str:
             facts.append(
                 [
                     f"distilled {name}",
-                    f"{record.method} for {', '.join(map(str, record.steps))} DDIM steps; guidance "
+                    f"{record.method} for {', '.join(map(str, record.steps))} DDIM "
+                    f"step{'' if record.steps == (1,) else 's'}; guidance "
                     f"{low:g} to {high:g} embedded (one U-Net pass a step); no negative prompts; "
                     f"teacher {record.teacher_unet_sha256[:12]}, data {record.data}",
                 ]

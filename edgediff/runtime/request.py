@@ -15,8 +15,9 @@ from typing import Any
 from edgediff import __version__
 from edgediff.bundle.schema import Manifest
 
-# Picked for the shipped shapes model on prompts `edgediff eval` does not report (README, "The
-# shipped model"): 8 DDIM steps with guidance 3 is where its accuracy stops improving.
+# For a bundle that recommends none (an undistilled model, guided with two U-Net passes a step):
+# picked for the shapes teacher on prompts `edgediff eval` does not report (README, "The shipped
+# model"), 8 DDIM steps with guidance 3 is where its accuracy stops improving.
 DEFAULT_STEPS = 8
 DEFAULT_GUIDANCE = 3.0
 # What the C API's float says for "the bundle's recommended guidance" (C has no None).
