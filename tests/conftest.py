@@ -64,8 +64,8 @@ def tiny_bundle(bundles) -> Path:
 
 @pytest.fixture(scope="session")
 def quantized(tmp_path_factory):
-    """A copy of the shipped bundle, calibrated (8 prompts, 8 steps), INT8 and FP8 U-Nets
-    (read-only: copy it before changing a byte)."""
+    """A copy of the shipped bundle, calibrated (8 prompts, its recommended steps and
+    guidance), INT8 and FP8 of its default U-Net (read-only: copy it before changing a byte)."""
     pytest.importorskip("onnx", reason="quantising needs the [quant] extra")
     from edgediff.bundle.reader import Bundle
     from edgediff.calibration.capture import calibrate
@@ -75,7 +75,7 @@ def quantized(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("quantized") / "bundle"
     shutil.copytree(DEFAULT_BUNDLE, root)
-    calibrate(root, read_prompts(), samples=8, steps=8, batch_size=4, force=True)
+    calibrate(root, read_prompts(), samples=8, batch_size=4, force=True)
     quantize_bundle(root, "int8", ["unet"], keep="none", probe_prompts=4, force=True)
     quantize_bundle(root, "fp8", ["unet"], keep="none", probe_prompts=4, force=True)
     return Bundle.open(root)

@@ -1,4 +1,5 @@
-"""Calibration: real inputs along real trajectories, every timestep and both CFG halves."""
+"""Calibration: real inputs along real trajectories, every timestep and both CFG halves (of a
+teacher's U-Net; a distilled student's calls are batch N with the guidance scale)."""
 
 from __future__ import annotations
 
@@ -24,13 +25,14 @@ STEPS, SAMPLES, BATCH, GUIDANCE = 4, 4, 2, 3.0
 
 
 @pytest.fixture(scope="module")
-def calibrated(tmp_path_factory):
-    """A copy of the shipped bundle calibrated on 4 default prompts, 4 steps, batches of 2."""
-    return _calibrated_copy(tmp_path_factory.mktemp("calibrated") / "bundle")
+def calibrated(tiny_bundle, tmp_path_factory):
+    """A copy of the test teacher bundle (classifier-free guidance) calibrated on 4 default
+    prompts, 4 steps, batches of 2."""
+    return _calibrated_copy(tiny_bundle, tmp_path_factory.mktemp("calibrated") / "bundle")
 
 
-def _calibrated_copy(root):
-    shutil.copytree(DEFAULT_BUNDLE, root)
+def _calibrated_copy(source, root):
+    shutil.copytree(source, root)
     calibrate(
         root,
         read_prompts(),
@@ -56,7 +58,7 @@ def test_unet_inputs_cover_every_timestep_and_both_cfg_halves(calibrated):
 
     unet = _load(calibrated, "unet")
     calls = SAMPLES // BATCH * STEPS
-    assert unet["sample"].shape == (calls, 2 * BATCH, 4, 16, 16)
+    assert unet["sample"].shape == (calls, 2 * BATCH, *_latent(calibrated))
     # Each batch walks the whole trajectory, in order.
     assert unet["timestep"].reshape(-1).tolist() == planned * (SAMPLES // BATCH)
 
@@ -71,11 +73,17 @@ def test_unet_inputs_cover_every_timestep_and_both_cfg_halves(calibrated):
         np.testing.assert_allclose(unet["encoder_hidden_states"][call], expected, atol=1e-6)
 
 
+def _latent(bundle: Bundle) -> tuple[int, int, int]:
+    config = bundle.manifest.model
+    return (config.latent_channels, config.default_latent, config.default_latent)
+
+
 def test_text_encoder_and_vae_decoder_inputs_are_recorded(calibrated):
     ids = _load(calibrated, "text_encoder")["input_ids"]
-    assert ids.shape == (SAMPLES // BATCH, 2 * BATCH, 16)
+    tokens = calibrated.manifest.model.max_text_length
+    assert ids.shape == (SAMPLES // BATCH, 2 * BATCH, tokens)
     latents = _load(calibrated, "vae_decoder")["latent_sample"]
-    assert latents.shape == (SAMPLES // BATCH, BATCH, 4, 16, 16)
+    assert latents.shape == (SAMPLES // BATCH, BATCH, *_latent(calibrated))
     # The decoder saw the final latents, divided by the scaling factor.
     scale = calibrated.manifest.model.scaling_factor
     final = Pipeline.load(calibrated)(
@@ -88,8 +96,21 @@ def test_text_encoder_and_vae_decoder_inputs_are_recorded(calibrated):
     np.testing.assert_allclose(latents[0], final / scale, rtol=1e-5, atol=1e-6)
 
 
-def test_calibration_is_reproducible_for_a_seed(calibrated, tmp_path):
-    other = _calibrated_copy(tmp_path / "again")
+def test_a_distilled_student_is_recorded_at_batch_n_with_its_guidance_scale(tmp_path):
+    root = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, root)
+    calibrate(root, read_prompts(), samples=4, steps=1, guidance=5.0, batch_size=2, force=True)
+    bundle = Bundle.open(root)
+    recorded = set(bundle.manifest.calibration.inputs)
+    assert recorded == {"text_encoder", "unet.steps-1", "vae_decoder"}
+    unet = _load(bundle, "unet.steps-1")
+    assert unet["sample"].shape == (2, 2, *_latent(bundle))  # one pass of the batch a step
+    np.testing.assert_array_equal(unet["guidance"], np.full((2, 2), 5.0, np.float32))
+    assert _load(bundle, "text_encoder")["input_ids"].shape[:2] == (2, 2)  # no "" half
+
+
+def test_calibration_is_reproducible_for_a_seed(calibrated, tiny_bundle, tmp_path):
+    other = _calibrated_copy(tiny_bundle, tmp_path / "again")
     for rel in calibrated.manifest.calibration.files:
         assert other.manifest.files[rel].sha256 == calibrated.manifest.files[rel].sha256, rel
     other.verify()  # every recorded file is hashed in the manifest
@@ -127,13 +148,13 @@ def test_calibrate_refuses_to_overwrite_and_bad_input(calibrated, tmp_path):
         read_prompts(tmp_path / "missing.txt")
 
 
-def test_calibrate_command_records_at_a_size_and_says_what_next(tmp_path):
+def test_calibrate_command_records_at_a_size_and_says_what_next(tiny_bundle, tmp_path):
     from click.testing import CliRunner
 
     from edgediff.cli import cli
 
     root = tmp_path / "bundle"
-    shutil.copytree(DEFAULT_BUNDLE, root)
+    shutil.copytree(tiny_bundle, root)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\na blue square on the left\n")
     args = [

@@ -156,17 +156,21 @@ def test_qdq_models_build_strongly_typed_and_float_models_with_fp16():
         assert builder_flags(True, "fp8", BuildRequest(), toolkit) == {"strongly_typed": True}
 
 
-def test_int8_plan_uses_the_qdq_unet_and_float_models_elsewhere(bundle_dir):
+# The shipped bundle's engines, in plan order: both students and both decoders.
+SHIPPED_ENGINES = ["text_encoder", "unet", "vae_decoder", "unet.steps-1", "vae_decoder.tiny"]
+
+
+def test_int8_plan_uses_the_qdq_unets_and_float_models_elsewhere(bundle_dir):
     plans = plan_engines(Bundle.open(bundle_dir), BuildRequest(precision="int8"), ORIN)
     sources = {p.component: (p.onnx.file, p.flags) for p in plans}
     assert sources == {
         "text_encoder": ("text_encoder/model.onnx", {"fp16": True}),
         "unet": ("unet/model.int8.onnx", {"strongly_typed": True}),
+        "unet.steps-1": ("unet.steps-1/model.int8.onnx", {"strongly_typed": True}),
         "vae_decoder": ("vae_decoder/model.onnx", {"fp16": True}),
+        "vae_decoder.tiny": ("vae_decoder.tiny/model.onnx", {"fp16": True}),
     }
-    assert {p.file for p in plans} == {
-        f"engines/trt/{c}.int8.plan" for c in ("text_encoder", "unet", "vae_decoder")
-    }
+    assert [p.file for p in plans] == [f"engines/trt/{c}.int8.plan" for c in SHIPPED_ENGINES]
 
 
 # ---------------------------------------------------------------- the engine cache
@@ -180,7 +184,7 @@ def test_same_key_skips_and_each_changed_part_rebuilds(bundle_dir):
     request = BuildRequest(precision="int8", batch=Span(1, 1, 2))
     first = RecordingBuilder()
     results = build_engines(bundle_dir, request, ORIN, first)
-    assert first.built == ["text_encoder", "unet", "vae_decoder"]
+    assert first.built == SHIPPED_ENGINES
     assert not any(r.reused for r in results)
     bundle = Bundle.open(bundle_dir)
     bundle.verify()  # engines are hashed into the manifest like every other file
@@ -192,10 +196,10 @@ def test_same_key_skips_and_each_changed_part_rebuilds(bundle_dir):
         ("8.7",),
         "Orin",
     )
-    assert unet.profile["sample"] == {
+    assert unet.profile["sample"] == {  # a student: the images' batch, not the doubled one
         "min": [1, 4, 16, 16],
-        "opt": [2, 4, 16, 16],
-        "max": [4, 4, 16, 16],
+        "opt": [1, 4, 16, 16],
+        "max": [2, 4, 16, 16],
     }
 
     info = CliRunner().invoke(cli, ["info", str(bundle_dir)]).output
@@ -220,7 +224,7 @@ def test_same_key_skips_and_each_changed_part_rebuilds(bundle_dir):
         builder = RecordingBuilder()
         build_engines(bundle_dir, changed_request, platform, builder)
         # The text encoder's shapes do not depend on the image size.
-        expected = ["unet", "vae_decoder"] if what == "size range" else list(before)
+        expected = SHIPPED_ENGINES[1:] if what == "size range" else list(before)
         assert builder.built == expected, what
         after = _keys(bundle_dir)
         assert [c for c in before if before[c] != after[c]] == expected, what
@@ -258,7 +262,7 @@ def test_a_changed_onnx_or_damaged_engine_rebuilds_only_that_engine(bundle_dir):
 
     builder = RecordingBuilder()
     build_engines(bundle_dir, request, ORIN, builder, force=True)
-    assert builder.built == ["text_encoder", "unet", "vae_decoder"]
+    assert builder.built == SHIPPED_ENGINES
 
 
 def test_an_interrupted_build_keeps_finished_engines_and_no_half_file(bundle_dir):
@@ -271,7 +275,7 @@ def test_an_interrupted_build_keeps_finished_engines_and_no_half_file(bundle_dir
     ]
     builder = RecordingBuilder()
     build_engines(bundle_dir, BuildRequest(), ORIN, builder)
-    assert builder.built == ["unet", "vae_decoder"]
+    assert builder.built == SHIPPED_ENGINES[1:]
 
 
 # ---------------------------------------------------------------- compatibility at load time
@@ -337,14 +341,16 @@ def test_rtx_plans_need_no_gpu_and_carry_their_targets(bundle_dir):
     engines = {e.component: e for e in bundle.manifest.engines}
     assert {e.targets for e in engines.values()} == {("8.0", "8.6", "8.9", "12.0")}
     assert {e.file for e in engines.values()} == {
-        f"engines/rtx/{c}.int8.plan" for c in ("text_encoder", "unet", "vae_decoder")
+        f"engines/rtx/{c}.int8.plan" for c in SHIPPED_ENGINES
     }
     # Strongly typed: the float components come from fp16 models, made and recorded on the
     # way; the VAE stays fp32.
     assert {c: e.onnx for c, e in engines.items()} == {
         "text_encoder": "text_encoder/model.fp16.onnx",
         "unet": "unet/model.int8.onnx",
+        "unet.steps-1": "unet.steps-1/model.int8.onnx",
         "vae_decoder": "vae_decoder/model.onnx",
+        "vae_decoder.tiny": "vae_decoder.tiny/model.onnx",
     }
     made = bundle.model("text_encoder", "fp16")
     assert made.verification is not None and made.verification.passed
@@ -460,7 +466,7 @@ def test_tensorrt_11_builds_float_components_from_fp16_models_too(bundle_dir):
     )
     engines = {e.component: e for e in Bundle.open(bundle_dir).manifest.engines}
     assert {c: e.onnx for c, e in engines.items()} == {
-        c: f"{c}/model.fp16.onnx" for c in ("text_encoder", "unet", "vae_decoder")
+        c: f"{c}/model.fp16.onnx" for c in SHIPPED_ENGINES
     }
     assert {e.flags["strongly_typed"] for e in engines.values()} == {True}
     assert {(e.targets, e.gpu_name) for e in engines.values()} == {
