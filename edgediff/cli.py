@@ -376,7 +376,7 @@ def generate(
     ).with_seed()
     with Pipeline.load(bundle, backend=backend, precision=precision, decoder=decoder) as pipe:
         steps = request.steps or pipe.default_steps
-        guidance = pipe.default_guidance if request.guidance is None else request.guidance
+        guidance = pipe.guidance_for(steps) if request.guidance is None else request.guidance
         images = pipe(**request.pipeline_arguments(), progress=True)
         seconds = pipe.last_timings.total
         root = pipe.bundle.root
@@ -475,7 +475,7 @@ def evaluate(
         bundle_dir, backend=backend, precision=precision, decoder=decoder
     ) as pipeline:
         steps = steps or pipeline.default_steps
-        guidance = pipeline.default_guidance if guidance is None else guidance
+        guidance = pipeline.guidance_for(steps) if guidance is None else guidance
         scores = run(pipeline, Evaluator.load(), prompts, held_out, steps, guidance, seed)
     if as_json:
         settings = {

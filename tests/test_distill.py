@@ -380,6 +380,22 @@ def test_the_bundles_recommended_guidance_is_every_front_ends_default(student_bu
     assert "recommended guidance" in info.output and "5" in info.output
 
 
+def test_a_kept_teacher_guides_at_the_runtimes_default_not_the_students_scale(student_bundle):
+    from edgediff.runtime import Pipeline
+    from edgediff.runtime.request import DEFAULT_GUIDANCE
+
+    with Pipeline.load(student_bundle) as pipe:
+        assert pipe.unet_for(8) == "unet" and not pipe.guidance_embedded_for(8)
+        assert pipe.guidance_for(8) == DEFAULT_GUIDANCE != 5.0  # the CFG teacher
+        assert pipe.guidance_for(STEPS[1]) == pipe.guidance_for(None) == 5.0  # the students
+        unset = pipe("a red circle", num_inference_steps=8, seed=4, output_type="np")
+        given = pipe(
+            "a red circle", num_inference_steps=8, guidance_scale=DEFAULT_GUIDANCE, seed=4,
+            output_type="np",
+        )  # fmt: skip
+        assert np.array_equal(unset, given)
+
+
 @pytest.mark.parametrize("value", ["nan", "-1", "101"])
 def test_export_refuses_a_recommended_guidance_out_of_range(distilled, tmp_path, value):
     from click.testing import CliRunner

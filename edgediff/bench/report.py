@@ -18,12 +18,14 @@ def _num(value: Any, fmt: str, none: str = "—") -> str:
 
 
 def unet_label(row: dict[str, Any]) -> str:
-    """'unet.steps-2, 1 pass' / 'unet, CFG 2 passes': what a row's U-Net did each step."""
+    """'unet.steps-2, 1 pass, w 5' / 'unet, CFG 2 passes, w 3': what a row's U-Net did each
+    step, at which guidance scale."""
     unet = row.get("unet")
     if unet is None:
         return "—"
     passes = "1 pass" if unet["passes"] == 1 else f"CFG {unet['passes']} passes"
-    return f"{unet['component']}, {passes}"
+    scale = f", w {unet['guidance']:g}" if "guidance" in unet else ""  # older reports lack it
+    return f"{unet['component']}, {passes}{scale}"
 
 
 def _axes(report: dict[str, Any]) -> tuple[str, list[float], str, bool]:
@@ -37,6 +39,12 @@ def _axes(report: dict[str, Any]) -> tuple[str, list[float], str, bool]:
     return "peak memory (GB, lower is better)", values, "memory", False
 
 
+def _guidance(scale: float | None) -> str:
+    if scale is None:
+        return "as the bundle recommends for each row's U-Net (the U-Net column)"
+    return f"{scale:g}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown page: settings, machine, one table row per configuration."""
     s, m = report["settings"], report["machine"]
@@ -45,7 +53,8 @@ def markdown(report: dict[str, Any]) -> str:
         "# edgediff bench",
         "",
         f"Bundle `{report['bundle']}`, {s['architecture']} architecture. {s['prompts']} prompts "
-        f"for accuracy, guidance {s['guidance']:g}, seed {s['seed']}; latency over {s['runs']} "
+        f"for accuracy, guidance {_guidance(s['guidance'])}, seed {s['seed']}; latency over "
+        f"{s['runs']} "
         f"runs of one image after {s['warmup']} warm-up run(s).",
         "",
         f"Machine: {m['platform']}, {m['processor']}, {m['cpus']} CPUs, Python {m['python']}, "

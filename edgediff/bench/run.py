@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +80,13 @@ def measure_in_child(
     bundle: Path,
     config: Config,
     settings: BenchSettings,
+    guidance: float,
     prompts: list[str],
     out: Path,
     checkpoint: Path | None = None,
 ) -> dict[str, Any]:
-    """Measure one configuration in a child process; its result, outputs saved under out."""
+    """Measure one configuration at `guidance` in a child process; its result, outputs saved
+    under out."""
     module = "edgediff.bench.sd15" if config.backend == DIFFUSERS else "edgediff.bench.measure"
     spec = {
         "bundle": str(bundle),
@@ -93,7 +95,7 @@ def measure_in_child(
         "precision": config.precision,
         "steps": config.steps,
         "decoder": config.decoder,
-        "guidance": settings.guidance,
+        "guidance": guidance,
         "height": settings.height,
         "width": settings.width,
         "seed": settings.seed,
@@ -195,7 +197,8 @@ def unet_run(bundle: Bundle, config: Config, guidance: float) -> dict[str, Any] 
     component = bundle.unet_for(config.steps)
     record = bundle.model(component).distillation
     embedded = record is not None and record.guidance_embedded
-    return {"component": component, "passes": 2 if is_guided(guidance) and not embedded else 1}
+    passes = 2 if is_guided(guidance) and not embedded else 1
+    return {"component": component, "passes": passes, "guidance": guidance}
 
 
 def load_finished(out: Path, header: dict[str, Any], force: bool) -> list[dict[str, Any]]:
@@ -238,8 +241,6 @@ def run_bench(
     bundle, out = Path(bundle), Path(out)
     opened = Bundle.open(bundle)
     check_configs(opened, configs)  # bad input fails before any measuring
-    if settings.guidance is None:
-        settings = replace(settings, guidance=recommended_guidance(opened.manifest))
     pyplot()
     header = _header(bundle, settings)
     rows = {r["id"]: r for r in load_finished(out, header, force)}
@@ -253,11 +254,16 @@ def run_bench(
         for config in bar:
             bar.set_postfix_str(config.id)
             if config.id not in rows:
-                result = measure_in_child(bundle, config, settings, prompts, out, checkpoint)
+                guidance = settings.guidance
+                if guidance is None:  # the bundle's, for the U-Net this step count runs
+                    guidance = recommended_guidance(opened, config.steps)
+                result = measure_in_child(
+                    bundle, config, settings, guidance, prompts, out, checkpoint
+                )
                 rows[config.id] = {
                     "id": config.id,
                     "config": asdict(config),
-                    "unet": unet_run(opened, config, settings.guidance),
+                    "unet": unet_run(opened, config, guidance),
                     **result,
                 }
                 if scorer is not None:

@@ -140,7 +140,7 @@ def calibrate(
         chosen = choose_prompts(prompts, samples)
         with Pipeline.load(bundle, precision="fp32") as pipeline:
             steps = pipeline.default_steps if steps is None else steps
-            guidance = pipeline.default_guidance if guidance is None else guidance
+            guidance = pipeline.guidance_for(steps) if guidance is None else guidance
             arrays = sample_inputs(
                 pipeline, chosen, steps, guidance, seed, batch_size, progress, height, width
             )

@@ -334,8 +334,13 @@ class Pipeline:
 
     @property
     def default_guidance(self) -> float:
-        """The guidance scale of a call that asks for none: the bundle's recommendation, if any."""
-        return recommended_guidance(self.bundle.manifest)
+        """The guidance scale of a call that asks for neither steps nor a scale."""
+        return recommended_guidance(self.bundle)
+
+    def guidance_for(self, steps: int | None) -> float:
+        """The guidance scale of a `steps`-step call that asks for none: the bundle's
+        recommendation for the kind of U-Net that runs it (`runtime.request`)."""
+        return recommended_guidance(self.bundle, steps)
 
     def denoiser(
         self,
@@ -392,9 +397,9 @@ class Pipeline:
         """Generate images. Returns PIL images, float32 N×H×W×3 in [0, 1] ("np") or latents.
 
         `num_inference_steps` None makes the bundle's recommended count (`default_steps`), and
-        `guidance_scale` None its recommended scale (`default_guidance`); a bundle with a U-Net
-        distilled for the count asked runs that one. `callback(step,
-        num_steps, latents)` runs after each denoising step. `models` replaces the model calls
+        `guidance_scale` None its recommended scale for that count (`guidance_for`); a bundle
+        with a U-Net distilled for the count asked runs that one. `callback(step, num_steps,
+        latents)` runs after each denoising step. `models` replaces the model calls
         (default: models_for(num_inference_steps)), e.g. to record what each one is fed.
         """
         prompts = checks.prompts(prompt, "prompt")
@@ -405,7 +410,7 @@ class Pipeline:
             num_inference_steps, "num_inference_steps", 1, self.scheduler.num_train_timesteps
         )
         if guidance_scale is None:
-            guidance_scale = self.default_guidance
+            guidance_scale = self.guidance_for(num_inference_steps)
         guidance_scale = checks.real(guidance_scale, "guidance_scale", 0.0, checks.MAX_GUIDANCE)
         eta = checks.real(eta, "eta", 0.0, 1.0)
         seed = checks.seed(seed)
