@@ -81,7 +81,9 @@ def plot(
     ax.set_xscale("log")
     plain = ticker.FormatStrFormatter("%g")  # 0.2, not 2×10⁻¹
     ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
+    # Within a decade every minor tick is labelled; over more, only 2 and 5 (the rest collide).
+    wide = max(xs) > 10 * min(xs)
+    ax.xaxis.set_minor_formatter(ticker.FuncFormatter(_two_and_five) if wide else plain)
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.margins(x=0.2, y=0.08)  # room for the labels of the outermost points
     ax.set_xlabel(x_label)
@@ -92,3 +94,9 @@ def plot(
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def _two_and_five(value: float, _position: int) -> str:
+    """A log axis's minor label for 2 and 5 times a power of ten, none for the others."""
+    mantissa = round(value / 10 ** math.floor(math.log10(value)))
+    return f"{value:g}" if mantissa in (2, 5) else ""
