@@ -121,7 +121,7 @@ def sd15_component_seconds(work: Path, runs: int, threads: int) -> dict[str, flo
             "unet",
             {
                 "sample": latents(b),
-                "timestep": np.full((b,), 500, np.int64),
+                "timestep": np.full((1,), 500, np.float32),  # one timestep for the batch
                 "encoder_hidden_states": rng.standard_normal(
                     (b, config.max_text_length, hidden), dtype=np.float32
                 ),
@@ -198,7 +198,8 @@ def print_sd15(seconds: dict[str, float]) -> None:
                 + seconds[decoder]
             )
             who = "teacher CFG" if guided else "student"
-            rows.append((f"{who} {steps} steps, {decoder.split('_')[0]} decoder", total))
+            count = f"{steps} step{'s' if steps > 1 else ''}"
+            rows.append((f"{who} {count}, {decoder.split('_')[0]} decoder", total))
     base = rows[0][1]
     print(f"{'configuration':40} {'s/image':>8} {'x teacher-8':>11}")
     for label, total in rows:
