@@ -67,34 +67,31 @@ def teacher_sha256(checkpoint: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_run(state: Path, wanted: dict) -> None:
-    record = state / "run.json"
+def _check_record(record: Path, wanted: dict, holds: str, fix: str) -> None:
+    """Write `wanted` to `record`, or refuse if an earlier run wrote other values there."""
     if record.exists():
         found = json.loads(record.read_text())
         if found != wanted:
             changed = sorted(k for k in wanted if found.get(k) != wanted[k])
-            raise InputError(
-                f"'{state.parent}' holds a distillation run with other {', '.join(changed)}",
-                "Pass the same options to resume it, or choose another OUT folder",
-            )
+            raise InputError(f"{holds} with other {', '.join(changed)}", fix)
     else:
+        record.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(record, json.dumps(wanted, indent=2))
+
+
+def _check_run(state: Path, wanted: dict) -> None:
+    _check_record(
+        state / "run.json", wanted, f"'{state.parent}' holds a distillation run",
+        "Pass the same options to resume it, or choose another OUT folder",
+    )  # fmt: skip
 
 
 def _check_tiny_stage(stage: Path, wanted: dict) -> None:
     """The tiny decoder's own settings: changing them keeps the finished U-Net stages."""
-    record = stage / "settings.json"
-    if record.exists():
-        found = json.loads(record.read_text())
-        if found != wanted:
-            changed = sorted(k for k in wanted if found.get(k) != wanted[k])
-            raise InputError(
-                f"'{stage}' holds a tiny decoder trained with other {', '.join(changed)}",
-                f"Delete '{stage}' to train it again with these (the U-Net students are kept)",
-            )
-    else:
-        stage.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(record, json.dumps(wanted, indent=2))
+    _check_record(
+        stage / "settings.json", wanted, f"'{stage}' holds a tiny decoder trained",
+        f"Delete '{stage}' to train it again with these (the U-Net students are kept)",
+    )  # fmt: skip
 
 
 def _load_teacher(checkpoint: Path):
