@@ -594,9 +594,11 @@ def test_bench_measures_decoders_and_step_counts_side_by_side(student_bundle, tm
     tiny = rows["ort-cpu/fp32/1/tiny"]["accuracy"]
     assert tiny["latent_psnr_db"] is None  # identical latents
     assert tiny["image_psnr_db"] is not None and tiny["image_ssim"] < 1.0
-    # Each row says which U-Net ran: the 1-step student in one pass, the teacher under CFG.
-    assert rows["ort-cpu/fp32/1"]["unet"] == {"component": "unet.steps-1", "passes": 1}
-    assert rows["ort-cpu/fp32/3"]["unet"] == {"component": "unet", "passes": 2}
+    # Each row says which U-Net ran: the 1-step student in one pass at the bundle's scale,
+    # the teacher under CFG at the runtime's default.
+    one = {"component": "unet.steps-1", "passes": 1, "guidance": 5.0}
+    assert rows["ort-cpu/fp32/1"]["unet"] == one
+    assert rows["ort-cpu/fp32/3"]["unet"] == {"component": "unet", "passes": 2, "guidance": 3.0}
     table = (tmp_path / "bench" / "report.md").read_text()
-    assert "| `ort-cpu/fp32/1` | unet.steps-1, 1 pass |" in table
-    assert "| `ort-cpu/fp32/3` | unet, CFG 2 passes |" in table
+    assert "| `ort-cpu/fp32/1` | unet.steps-1, 1 pass, w 5 |" in table
+    assert "| `ort-cpu/fp32/3` | unet, CFG 2 passes, w 3 |" in table
