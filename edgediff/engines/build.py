@@ -136,11 +136,12 @@ def _progress(plans: list[EnginePlan], enabled: bool):
 def format_results(results: list[BuildResult]) -> str:
     """One line per engine: component, precision, built or reused, size, seconds."""
     lines = []
+    width = max((len(r.entry.component) for r in results), default=0)
     for r in results:
         what = "reused (same key)" if r.reused else f"built in {r.seconds:.1f} s"
         source = r.entry.onnx.rsplit("/", 1)[-1]
         lines.append(
-            f"{r.entry.component:<13} {r.entry.precision:<5} from {source:<16} "
+            f"{r.entry.component:<{width}} {r.entry.precision:<5} from {source:<16} "
             f"{r.bytes / 2**20:8.1f} MB  {what}  -> {r.entry.file}"
         )
     return "\n".join(lines)
