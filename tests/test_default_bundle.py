@@ -52,7 +52,7 @@ def test_pipeline_load_without_arguments_draws_what_prompts_say(steps, precision
     with Pipeline.load(precision=precision, decoder=decoder) as pipe:
         attrs = eval_prompts(24, seed=123)
         steps = steps or pipe.default_steps
-        guidance = pipe.default_guidance
+        guidance = pipe.guidance_for(steps)
         images = generate_for(pipe, attrs, steps=steps, guidance=guidance, seed=123)
     assert images.shape == (24, 64, 64, 3)
     acc = attribute_accuracy(Evaluator.load().read(images), attrs)
