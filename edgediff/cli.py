@@ -946,9 +946,10 @@ def distill(
     """Distil a checkpoint into few-step students that need one U-Net pass a step.
 
     Guidance distillation first folds classifier-free guidance into the U-Net (it takes the
-    scale as an input), then each progressive round halves the steps. OUT_DIR/steps-N holds
-    each student as a diffusers checkpoint for `edgediff export`. Interrupt it at any time:
-    the same command resumes.
+    scale as an input), then each progressive round halves the steps; last, a tiny decoder
+    learns the VAE decoder's images of its latents and of the students' samples. OUT_DIR/steps-N
+    holds each student as a diffusers checkpoint and OUT_DIR/tiny-decoder the decoder, for
+    `edgediff export`. Interrupt it at any time: the same command resumes.
 
     It runs on a CUDA GPU when torch has one. Data-parallel over several GPUs or machines
     (each process trains on its share of every batch): accelerate launch --multi_gpu
