@@ -54,8 +54,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Bundle `{report['bundle']}`, {s['architecture']} architecture. {s['prompts']} prompts "
         f"for accuracy, guidance {_guidance(s['guidance'])}, seed {s['seed']}; latency over "
-        f"{s['runs']} "
-        f"runs of one image after {s['warmup']} warm-up run(s).",
+        f"{s['runs']} runs of one image after {s['warmup']} warm-up run(s).",
         "",
         f"Machine: {m['platform']}, {m['processor']}, {m['cpus']} CPUs, Python {m['python']}, "
         f"ONNX Runtime {m['onnxruntime']}, edgediff {m['edgediff']}.",

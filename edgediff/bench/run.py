@@ -195,9 +195,7 @@ def unet_run(bundle: Bundle, config: Config, guidance: float) -> dict[str, Any] 
     if config.backend == DIFFUSERS:
         return None
     component = bundle.unet_for(config.steps)
-    record = bundle.model(component).distillation
-    embedded = record is not None and record.guidance_embedded
-    passes = 2 if is_guided(guidance) and not embedded else 1
+    passes = 2 if is_guided(guidance) and not bundle.guidance_embedded(component) else 1
     return {"component": component, "passes": passes, "guidance": guidance}
 
 

@@ -304,6 +304,11 @@ class Bundle:
         variant = steps_variant(steps) if steps is not None else None
         return variant if variant in self.manifest.components else "unet"
 
+    def guidance_embedded(self, unet: str) -> bool:
+        """Whether a U-Net component was guidance-distilled: it takes w and runs once on batch N."""
+        record = self.model(unet).distillation
+        return record is not None and record.guidance_embedded
+
     def model(self, component: str, precision: str | None = None) -> ModelEntry:
         """The model entry of a component at a precision (its default if None)."""
         comp = self.manifest.components.get(component)

@@ -52,15 +52,9 @@ def recommended_guidance(bundle: Bundle, steps: int | None = None) -> float:
     if recommended is None or steps is None:
         return DEFAULT_GUIDANCE if recommended is None else recommended
     reference = bundle.unet_for(recommended_steps(bundle.manifest))
-    same_kind = _embeds_guidance(bundle, bundle.unet_for(steps)) == _embeds_guidance(
-        bundle, reference
-    )
+    running = bundle.unet_for(steps)
+    same_kind = bundle.guidance_embedded(running) == bundle.guidance_embedded(reference)
     return recommended if same_kind else DEFAULT_GUIDANCE
-
-
-def _embeds_guidance(bundle: Bundle, unet: str) -> bool:
-    record = bundle.model(unet).distillation
-    return record is not None and record.guidance_embedded
 
 
 def new_seed() -> int:
