@@ -24,6 +24,13 @@ from edgediff.runtime.request import (
     DEFAULT_OUTPUT,
     DEFAULT_STEPS,
 )
+from edgediff.serve.settings import (
+    SERVE_BATCH_WAIT_MS,
+    SERVE_HOST,
+    SERVE_MAX_BATCH,
+    SERVE_MAX_QUEUE,
+    SERVE_PORT,
+)
 from edgediff.tolerances import QUANT_TARGET_PSNR_DB
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -172,6 +179,7 @@ def cli() -> None:
       edgediff build BUNDLE_DIR --precision int8     # TensorRT engines, on the GPU that runs them
       edgediff generate "a red circle" --bundle BUNDLE_DIR --backend trt
       edgediff bench BUNDLE_DIR                      # accuracy against latency, per config
+      edgediff serve BUNDLE_DIR                      # HTTP: OpenAI- and A1111-style APIs
       edgediff info BUNDLE_DIR
     """
     # transformers announces at import that torchvision is absent (edgediff never needs it).
@@ -414,6 +422,162 @@ def info(bundle_dir, no_verify) -> None:
     click.echo(format_bundle(bundle))
     if not no_verify:
         click.echo(f"all {len(bundle.manifest.files)} files match their sha256")
+
+
+def _autoscale(text: str | None) -> tuple[int, int] | None:
+    """--autoscale MIN:MAX as two ints, or a one-line error."""
+    if text is None:
+        return None
+    low, sep, high = text.partition(":")
+    if not (sep and low.isdigit() and high.isdigit()) or int(high) < max(int(low), 1):
+        raise InputError(
+            f"--autoscale must be MIN:MAX with 0 <= MIN <= MAX and MAX >= 1, got '{text}'",
+            "E.g. --autoscale 1:4",
+        )
+    return int(low), int(high)
+
+
+@cli.command()
+@click.argument("bundle_dir", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--host",
+    default=SERVE_HOST,
+    show_default=True,
+    help="Address to listen on (0.0.0.0: every interface; the API has no authentication).",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=SERVE_PORT, show_default=True)
+@backend_option
+@precision_option
+@decoder_option
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 256),
+    default=SERVE_MAX_BATCH,
+    show_default=True,
+    help="Most images one pipeline call makes (requests that arrive "
+    "together with the same steps, guidance and size share a call), and per request.",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(1, 100_000),
+    default=SERVE_MAX_QUEUE,
+    show_default=True,
+    help="Requests queued or running before new ones get 429.",
+)
+@click.option(
+    "--batch-wait-ms",
+    type=click.FloatRange(0, 1000),
+    default=SERVE_BATCH_WAIT_MS,
+    show_default=True,
+    help="How long a request waits for others to share its call.",
+)
+@click.option(
+    "--max-size",
+    type=click.IntRange(8, 16384),
+    default=None,
+    help="Largest width or height served (default: 4x the model's image size).",
+)
+@click.option(
+    "--ray",
+    "use_ray",
+    is_flag=True,
+    help="Serve with Ray Serve: one pipeline per replica, across GPUs and machines.",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="With --ray: the Ray cluster to join (default: start a local Ray for this command).",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="With --ray: pipeline replicas (default 1).",
+)
+@click.option(
+    "--autoscale",
+    default=None,
+    metavar="MIN:MAX",
+    help="With --ray: let Ray scale the replicas between MIN and MAX with the load.",
+)
+@click.option(
+    "--gpus-per-replica",
+    type=click.FloatRange(0, 64),
+    default=None,
+    help="With --ray: GPUs each replica holds (default: 1 for GPU backends, 0 for ort-cpu).",
+)
+@click.option(
+    "--cpus-per-replica",
+    type=click.FloatRange(0.1, 1024),
+    default=1.0,
+    show_default=True,
+    help="With --ray: CPUs each replica holds; ort-cpu replicas run that many threads.",
+)
+def serve(
+    bundle_dir,
+    host,
+    port,
+    backend,
+    precision,
+    decoder,
+    max_batch,
+    max_queue,
+    batch_wait_ms,
+    max_size,
+    use_ray,
+    address,
+    replicas,
+    autoscale,
+    gpus_per_replica,
+    cpus_per_replica,
+) -> None:
+    """Answer text-to-image requests over HTTP until stopped (SIGTERM finishes what it took).
+
+    \b
+    POST /v1/images/generations   OpenAI's Images API (b64_json)
+    POST /sdapi/v1/txt2img        AUTOMATIC1111's API
+    GET  /health  /metrics  /docs
+    BUNDLE_DIR defaults to the model shipped with edgediff. Needs `pip install 'edgediff[serve]'`
+    (and '[ray]' for --ray).
+    """
+    from edgediff.serve.settings import Limits, ModelChoice
+
+    ray_only = {
+        "--address": address,
+        "--replicas": replicas,
+        "--autoscale": autoscale,
+        "--gpus-per-replica": gpus_per_replica,
+    }
+    given = [flag for flag, value in ray_only.items() if value is not None]
+    if given and not use_ray:
+        raise InputError(f"{given[0]} is a Ray Serve option", "Add --ray, or drop it")
+    if replicas is not None and autoscale is not None:
+        raise InputError("--replicas and --autoscale both set", "Give one of them")
+    if max_size is not None and max_size % 8:
+        raise InputError(f"--max-size must be a multiple of 8, got {max_size}")
+    scaling = _autoscale(autoscale)
+    model = ModelChoice(bundle_dir, backend, precision, decoder, max_size)
+    limits = Limits(max_batch, max_queue, batch_wait_ms)
+    if not use_ray:
+        from edgediff.serve.server import serve_here
+
+        serve_here(model, host, port, limits)
+        return
+    from edgediff.serve import require
+
+    require("ray", "ray")
+    from edgediff.serve.ray_app import RayPlan, serve_on_ray
+
+    plan = RayPlan(
+        address=address,
+        replicas=replicas or 1,
+        autoscale=scaling,
+        gpus_per_replica=(0.0 if backend == "ort-cpu" else 1.0)
+        if gpus_per_replica is None
+        else gpus_per_replica,
+        cpus_per_replica=cpus_per_replica,
+    )
+    serve_on_ray(model, plan, host, port, limits)
 
 
 @cli.command("random-checkpoint")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgediff.bundle.files import atomic_path
+from edgediff.bundle.files import atomic_write_bytes
 
 
 def to_images(decoded: np.ndarray) -> np.ndarray:
@@ -29,16 +30,23 @@ def to_pil(images: np.ndarray) -> list:
     return [Image.fromarray(image) for image in to_uint8(images)]
 
 
-def save_png(image: Any, path: str | Path, parameters: dict[str, Any] | None = None) -> Path:
-    """Write a PIL image as PNG (all-or-nothing), generation parameters in a text chunk."""
+def encode_png(image: Any, parameters: dict[str, Any] | None = None) -> bytes:
+    """A PIL image as PNG bytes, generation parameters in a text chunk: what save_png writes
+    and what the server sends, byte for byte."""
     from PIL import PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     if parameters:
         info.add_text("parameters", json.dumps(parameters, sort_keys=True))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def save_png(image: Any, path: str | Path, parameters: dict[str, Any] | None = None) -> Path:
+    """Write a PIL image as PNG (all-or-nothing), generation parameters in a text chunk."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", pnginfo=info)
+    atomic_write_bytes(path, encode_png(image, parameters))
     return path
 
 

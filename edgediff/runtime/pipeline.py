@@ -175,6 +175,7 @@ class Pipeline:
         precision: str | None = None,
         verify: bool = True,
         decoder: str = DEFAULT_DECODER,
+        backend_options: dict[str, Any] | None = None,
     ) -> Pipeline:
         """Open a bundle (the shipped default if None), check its hashes, load each component.
 
@@ -182,7 +183,7 @@ class Pipeline:
         component's where it has one; None loads each component's default. With the "trt"
         backend it picks the engines `edgediff build` made (None: the only set built).
         `decoder` "tiny" decodes with the bundle's tiny decoder (edgediff distill) instead of
-        the VAE's.
+        the VAE's. `backend_options` go to the backend `backend` names (e.g. ort-* `threads`).
         """
         if not isinstance(bundle, Bundle):
             bundle = Bundle.open(default_bundle() if bundle is None else bundle)
@@ -199,7 +200,10 @@ class Pipeline:
         scheduler = DDIMScheduler.from_config(manifest.scheduler)
         owns_backend = isinstance(backend, str)
         if isinstance(backend, str):
-            backend = get_backend(backend, **_backend_options(backend, bundle))
+            options = {**_backend_options(backend, bundle), **(backend_options or {})}
+            backend = get_backend(backend, **options)
+        elif backend_options:
+            raise InputError("backend_options apply to a backend named, not to a Backend object")
         sessions: dict[str, Session] = {}
         try:
             # The U-Net of the bundle's recommended step count; others load on first use.
@@ -297,13 +301,20 @@ class Pipeline:
         cond.flags.writeable = False  # lets device backends keep it on the GPU for every step
         return cond
 
+    def initial_noise(
+        self, batch: int, height: int, width: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """The standard normal latents a seeded call starts from, before the scheduler's
+        scaling: what `latents=` takes to make the same images as `seed=`."""
+        f = self.config.vae_scale_factor
+        shape = (batch, self.config.latent_channels, height // f, width // f)
+        return rng.standard_normal(shape, dtype=np.float32)
+
     def initial_latents(
         self, batch: int, height: int, width: int, rng: np.random.Generator
     ) -> np.ndarray:
         """Standard normal latents scaled by the scheduler's initial sigma."""
-        f = self.config.vae_scale_factor
-        shape = (batch, self.config.latent_channels, height // f, width // f)
-        noise = rng.standard_normal(shape, dtype=np.float32)
+        noise = self.initial_noise(batch, height, width, rng)
         return noise * np.float32(self.scheduler.init_noise_sigma)
 
     def distillation_for(self, steps: int | None) -> DistillationRecord | None:

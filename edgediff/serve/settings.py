@@ -1,0 +1,57 @@
+"""What a server loads and how much it takes on; the one place the serving defaults live.
+
+Importable without the `[serve]` extra, so the CLI can show them in --help.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgediff.runtime.backends import DEFAULT_BACKEND
+from edgediff.runtime.request import DEFAULT_DECODER
+
+SERVE_HOST = "127.0.0.1"  # this machine only, unless asked: the API has no authentication
+SERVE_PORT = 8000
+SERVE_MAX_BATCH = 8
+SERVE_MAX_QUEUE = 64
+SERVE_BATCH_WAIT_MS = 2.0  # a lone request waits this long for company at most
+# How long a stop (SIGTERM, Ctrl-C) waits for in-flight requests before it drops them.
+GRACEFUL_STOP_S = 60
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much a server takes on: images per pipeline call (and per request), and requests
+    queued or running before it answers 429; and how long a request waits for company."""
+
+    max_batch: int = SERVE_MAX_BATCH
+    max_queue: int = SERVE_MAX_QUEUE
+    batch_wait_ms: float = SERVE_BATCH_WAIT_MS
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which pipeline a server (or each Ray replica) loads, as `edgediff generate` names it."""
+
+    bundle: Path | None = None  # None: the model shipped with edgediff
+    backend: str = DEFAULT_BACKEND
+    precision: str | None = None
+    decoder: str = DEFAULT_DECODER
+    max_side: int | None = None  # None: 4x the model's default size
+    threads: int | None = None  # ONNX Runtime threads per pipeline (None: all cores)
+
+    def load(self):  # -> BatchRunner (imported here: it loads numpy and the runtime)
+        """Load the pipeline and wrap it for serving."""
+        from edgediff.runtime.pipeline import Pipeline
+        from edgediff.serve.batches import BatchRunner
+
+        threads = {"threads": self.threads} if self.threads else None
+        pipeline = Pipeline.load(
+            self.bundle,
+            backend=self.backend,
+            precision=self.precision,
+            decoder=self.decoder,
+            backend_options=threads if self.backend.startswith("ort-") else None,
+        )
+        return BatchRunner(pipeline, self.backend, self.precision, self.decoder, self.max_side)
