@@ -274,7 +274,7 @@ def test_a_bad_request_in_a_batch_fails_alone(server):
 def test_health_metrics_and_docs(server):
     health = server.health()
     assert health["status"] == "ok" and health["default_steps"] == 2
-    assert health["limits"] == {"max_batch": 8, "max_queue": 64, "batch_wait_ms": 2.0}
+    assert health["limits"] == {"max_batch": 8, "max_queue": 64, "batch_wait_ms": 0.0}
     server.post(OPENAI, {"prompt": "a", "seed": 1})
     text = requests.get(server.url + "/metrics", timeout=10).text
     for name in ("edgediff_requests_total", "edgediff_queue_depth", "edgediff_batch_images",

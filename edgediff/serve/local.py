@@ -82,6 +82,10 @@ class LocalService:
             return item
         if timeout is None:
             return await self._queue.get()
+        with contextlib.suppress(asyncio.QueueEmpty):
+            return self._queue.get_nowait()  # what is already waiting joins without a wait
+        if timeout <= 0:
+            raise TimeoutError
         return await asyncio.wait_for(self._queue.get(), timeout)
 
     async def _work(self) -> None:

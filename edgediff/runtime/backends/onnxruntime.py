@@ -162,7 +162,9 @@ class OrtBackend:
     `io_binding` keeps inputs and outputs in buffers reused across calls (default: on for the
     GPU backends). `cuda_graph` has ort-cuda capture each model's first run and replay it; it
     needs fixed input shapes for the life of the session. `cache_dir` is where ort-trt keeps
-    the TensorRT engines and timing cache its execution provider builds.
+    the TensorRT engines and timing cache its execution provider builds. `spin` False stops
+    ONNX Runtime's idle worker threads from spinning for new work (None: its default, on),
+    which is what a process that shares its cores with other work (a server) wants.
     """
 
     array_location = "host"
@@ -176,6 +178,7 @@ class OrtBackend:
         cuda_graph: bool = False,
         cache_dir: str | Path | None = None,
         device_id: int = 0,
+        spin: bool | None = None,
     ):
         ort = _import_onnxruntime()
         if name not in PROVIDERS:
@@ -199,6 +202,7 @@ class OrtBackend:
         self.io_binding = name != "ort-cpu" if io_binding is None else io_binding
         self.cuda_graph = cuda_graph
         self.cache_dir = cache_dir
+        self.spin = spin
         self.providers = [p for p in wanted if p in available]
         self._sessions: list[OrtSession] = []
 
@@ -209,6 +213,10 @@ class OrtBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             options.intra_op_num_threads = self.threads
+        if self.spin is not None:
+            options.add_session_config_entry(
+                "session.intra_op.allow_spinning", "1" if self.spin else "0"
+            )
         try:
             providers = [
                 (p, provider_options(p, precision, self.cuda_graph, self.cache_dir, self.device_id))
