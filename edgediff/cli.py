@@ -424,19 +424,6 @@ def info(bundle_dir, no_verify) -> None:
         click.echo(f"all {len(bundle.manifest.files)} files match their sha256")
 
 
-def _autoscale(text: str | None) -> tuple[int, int] | None:
-    """--autoscale MIN:MAX as two ints, or a one-line error."""
-    if text is None:
-        return None
-    low, sep, high = text.partition(":")
-    if not (sep and low.isdigit() and high.isdigit()) or int(high) < max(int(low), 1):
-        raise InputError(
-            f"--autoscale must be MIN:MAX with 0 <= MIN <= MAX and MAX >= 1, got '{text}'",
-            "E.g. --autoscale 1:4",
-        )
-    return int(low), int(high)
-
-
 @cli.command()
 @click.argument("bundle_dir", type=click.Path(path_type=Path), required=False)
 @click.option(
@@ -445,7 +432,9 @@ def _autoscale(text: str | None) -> tuple[int, int] | None:
     show_default=True,
     help="Address to listen on (0.0.0.0: every interface; the API has no authentication).",
 )
-@click.option("--port", type=click.IntRange(1, 65535), default=SERVE_PORT, show_default=True)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=SERVE_PORT, show_default=True, help="Port."
+)
 @backend_option
 @precision_option
 @decoder_option
@@ -469,7 +458,8 @@ def _autoscale(text: str | None) -> tuple[int, int] | None:
     type=click.FloatRange(0, 1000),
     default=SERVE_BATCH_WAIT_MS,
     show_default=True,
-    help="How long a request waits for others to share its call.",
+    help="How long a request that finds the pipeline idle waits for others to share its "
+    "call (under load, requests that queue meanwhile share it anyway).",
 )
 @click.option(
     "--max-size",
@@ -509,8 +499,7 @@ def _autoscale(text: str | None) -> tuple[int, int] | None:
 @click.option(
     "--cpus-per-replica",
     type=click.FloatRange(0.1, 1024),
-    default=1.0,
-    show_default=True,
+    default=None,
     help="With --ray: CPUs each replica holds; ort-cpu replicas run that many threads.",
 )
 def serve(
@@ -540,22 +529,27 @@ def serve(
     BUNDLE_DIR defaults to the model shipped with edgediff. Needs `pip install 'edgediff[serve]'`
     (and '[ray]' for --ray).
     """
-    from edgediff.serve.settings import Limits, ModelChoice
+    from edgediff.serve.settings import (
+        Limits,
+        ModelChoice,
+        RayPlan,
+        default_gpus_per_replica,
+        parse_autoscale,
+    )
 
     ray_only = {
         "--address": address,
         "--replicas": replicas,
         "--autoscale": autoscale,
         "--gpus-per-replica": gpus_per_replica,
+        "--cpus-per-replica": cpus_per_replica,
     }
     given = [flag for flag, value in ray_only.items() if value is not None]
     if given and not use_ray:
         raise InputError(f"{given[0]} is a Ray Serve option", "Add --ray, or drop it")
     if replicas is not None and autoscale is not None:
         raise InputError("--replicas and --autoscale both set", "Give one of them")
-    if max_size is not None and max_size % 8:
-        raise InputError(f"--max-size must be a multiple of 8, got {max_size}")
-    scaling = _autoscale(autoscale)
+    scaling = None if autoscale is None else parse_autoscale(autoscale)
     model = ModelChoice(bundle_dir, backend, precision, decoder, max_size)
     limits = Limits(max_batch, max_queue, batch_wait_ms)
     if not use_ray:
@@ -566,17 +560,11 @@ def serve(
     from edgediff.serve import require
 
     require("ray", "ray")
-    from edgediff.serve.ray_app import RayPlan, serve_on_ray
+    from edgediff.serve.ray_app import serve_on_ray
 
-    plan = RayPlan(
-        address=address,
-        replicas=replicas or 1,
-        autoscale=scaling,
-        gpus_per_replica=(0.0 if backend == "ort-cpu" else 1.0)
-        if gpus_per_replica is None
-        else gpus_per_replica,
-        cpus_per_replica=cpus_per_replica,
-    )
+    if gpus_per_replica is None:
+        gpus_per_replica = default_gpus_per_replica(backend)
+    plan = RayPlan(address, replicas or 1, scaling, gpus_per_replica, cpus_per_replica or 1.0)
     serve_on_ray(model, plan, host, port, limits)
 
 

@@ -28,6 +28,7 @@ from edgediff.cli import cli  # noqa: E402
 
 OPENAI = "/v1/images/generations"
 A1111 = "/sdapi/v1/txt2img"
+ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ("a big red circle on the left", "a small blue square", "a green triangle at the top")
 
 
@@ -361,3 +362,23 @@ def test_ray_serve_with_two_replicas(server, tmp_path):
         assert on_ray.metric("edgediff_batch_images_count") < len(bodies)
         on_ray.process.send_signal(signal.SIGTERM)
         assert on_ray.process.wait(90) == 0, on_ray.log.read_text()
+
+
+def test_the_kuberay_sample_configures_a_valid_application():
+    yaml = pytest.importorskip("yaml", reason="PyYAML comes with Ray")
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed (the [ray] extra)")
+    from edgediff.errors import InputError
+    from edgediff.serve.ray_app import settings_from_args
+
+    manifest = yaml.safe_load((ROOT / "deploy/kuberay/rayservice.yaml").read_text())
+    (app,) = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"]
+    assert app["import_path"] == "edgediff.serve.ray_app:app_builder"
+    model, plan, limits = settings_from_args(app["args"])
+    assert model.backend == "ort-cuda" and str(model.bundle) == "/models/my-bundle"
+    assert plan.autoscale == (1, 4) and plan.gpus_per_replica == 1.0
+    assert limits.max_batch == 8 and limits.max_queue == 256
+    # `serve run edgediff.serve.ray_app:app_builder max_batch=4` passes strings.
+    assert settings_from_args({"max_batch": "4"})[2].max_batch == 4
+    for bad in ({"replica": 2}, {"max_batch": "many"}, {"autoscale": "4"}, {"max_queue": -1}):
+        with pytest.raises(InputError):
+            settings_from_args(bad)

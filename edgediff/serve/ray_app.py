@@ -12,29 +12,24 @@ import asyncio
 import logging
 import signal
 import threading
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ray import serve
 
 from edgediff.runtime.request import GenerationRequest
 from edgediff.serve.batches import BatchRunner, Outcome
-from edgediff.serve.settings import Limits, ModelChoice
+from edgediff.serve.settings import (
+    Limits,
+    ModelChoice,
+    RayPlan,
+    default_gpus_per_replica,
+    parse_autoscale,
+)
 
 _log = logging.getLogger(__name__)
 
 APP_NAME = "edgediff"
-
-
-@dataclass(frozen=True)
-class RayPlan:
-    """Where and how many: the cluster (None: a local Ray for this command), the replicas."""
-
-    address: str | None = None
-    replicas: int = 1
-    autoscale: tuple[int, int] | None = None  # (min, max) replicas, scaled by Ray
-    gpus_per_replica: float = 0.0
-    cpus_per_replica: float = 1.0
 
 
 class PipelineReplica:
@@ -133,11 +128,74 @@ def application(model: ModelChoice, plan: RayPlan, limits: Limits) -> serve.Appl
     return ingress.bind(replicas.bind(model, limits), limits, count)
 
 
+# What `serve run edgediff.serve.ray_app:app_builder KEY=VALUE ...` and a RayService's
+# serveConfigV2 `args` may set, with the `edgediff serve` flag each one mirrors.
+BUILDER_ARGS = (
+    "bundle", "backend", "precision", "decoder", "max_size", "max_batch", "max_queue",
+    "batch_wait_ms", "replicas", "autoscale", "gpus_per_replica", "cpus_per_replica",
+)  # fmt: skip
+
+
+def settings_from_args(args: dict[str, Any]) -> tuple[ModelChoice, RayPlan, Limits]:
+    """An app builder's arguments (strings from `serve run`, or YAML values) as settings;
+    an unknown key or a bad value is a one-line error."""
+    from edgediff.errors import InputError
+
+    unknown = sorted(set(args) - set(BUILDER_ARGS))
+    if unknown:
+        raise InputError(f"unknown argument '{unknown[0]}'", f"Use: {', '.join(BUILDER_ARGS)}")
+
+    def number(key: str, kind: type, default: Any) -> Any:
+        value = args.get(key, default)
+        try:
+            value = None if value is None else kind(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{key} must be a {kind.__name__}, got {value!r}") from None
+        if value is not None and value < 0:
+            raise InputError(f"{key} must be >= 0, got {value}")
+        return value
+
+    backend = str(args.get("backend", ModelChoice.backend))
+    bundle = args.get("bundle")
+    model = ModelChoice(
+        bundle=None if bundle in (None, "") else Path(str(bundle)),
+        backend=backend,
+        precision=args.get("precision"),
+        decoder=str(args.get("decoder", ModelChoice.decoder)),
+        max_side=number("max_size", int, None),
+    )
+    limits = Limits(
+        max_batch=max(1, number("max_batch", int, Limits.max_batch)),
+        max_queue=max(1, number("max_queue", int, Limits.max_queue)),
+        batch_wait_ms=number("batch_wait_ms", float, Limits.batch_wait_ms),
+    )
+    autoscale = args.get("autoscale")
+    autoscale = None if autoscale is None else parse_autoscale(autoscale, "autoscale")
+    gpus = number("gpus_per_replica", float, None)
+    plan = RayPlan(
+        replicas=max(1, number("replicas", int, 1)),
+        autoscale=autoscale,
+        gpus_per_replica=default_gpus_per_replica(backend) if gpus is None else gpus,
+        cpus_per_replica=number("cpus_per_replica", float, 1.0),
+    )
+    return model, plan, limits
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """The application for `serve run` and KubeRay's RayService (import path
+    `edgediff.serve.ray_app:app_builder`), configured by `args` (BUILDER_ARGS)."""
+    return application(*settings_from_args(args))
+
+
 def serve_on_ray(model: ModelChoice, plan: RayPlan, host: str, port: int, limits: Limits) -> None:
     """Deploy on Ray (joining `plan.address`, or a local Ray), answer until SIGTERM or Ctrl-C,
     then take the application down gracefully."""
     import ray
 
+    if plan.address is None:
+        from edgediff.serve.server import check_port_free
+
+        check_port_free(host, port)
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(address=plan.address, logging_level=logging.WARNING, log_to_driver=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgediff.errors import InputError
 from edgediff.runtime.backends import DEFAULT_BACKEND
 from edgediff.runtime.request import DEFAULT_DECODER
 
@@ -65,3 +66,31 @@ class ModelChoice:
             backend_options=self.backend_options(),
         )
         return BatchRunner(pipeline, self.backend, self.precision, self.decoder, self.max_side)
+
+
+@dataclass(frozen=True)
+class RayPlan:
+    """Where and how many, with Ray Serve: the cluster (None: a local Ray for this command),
+    the replicas (a fixed count, or a range Ray scales within), what each one holds."""
+
+    address: str | None = None
+    replicas: int = 1
+    autoscale: tuple[int, int] | None = None  # (min, max) replicas
+    gpus_per_replica: float = 0.0
+    cpus_per_replica: float = 1.0
+
+
+def default_gpus_per_replica(backend: str) -> float:
+    """A whole GPU per replica for GPU backends; none for ort-cpu."""
+    return 0.0 if backend == "ort-cpu" else 1.0
+
+
+def parse_autoscale(text: str, name: str = "--autoscale") -> tuple[int, int]:
+    """ "MIN:MAX" replicas as two ints, or a one-line error naming `name`."""
+    low, sep, high = str(text).partition(":")
+    if not (sep and low.isdigit() and high.isdigit()) or int(high) < max(int(low), 1):
+        raise InputError(
+            f"{name} must be MIN:MAX with 0 <= MIN <= MAX and MAX >= 1, got '{text}'",
+            "E.g. 1:4",
+        )
+    return int(low), int(high)
