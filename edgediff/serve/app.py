@@ -96,6 +96,14 @@ def create_app(service: ImageService, limits: Limits | None = None) -> FastAPI:
             error_body(exc.message, exc.param, kind), status_code=exc.status, headers=headers
         )
 
+    @app.exception_handler(Exception)
+    async def _failed(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, or a Ray replica that died mid-request: still the error shape clients parse.
+        _log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        _count(request, 500)
+        message = f"the server failed: {type(exc).__name__}: {exc}".splitlines()[0]
+        return JSONResponse(error_body(message, None, "server_error"), status_code=500)
+
     def _count(request: Request, status: int) -> None:
         if request.url.path in ENDPOINTS:
             metrics.requests.labels(ENDPOINTS[request.url.path], str(status)).inc()

@@ -85,7 +85,7 @@ class LocalService:
         with contextlib.suppress(asyncio.QueueEmpty):
             return self._queue.get_nowait()  # what is already waiting joins without a wait
         if timeout <= 0:
-            raise TimeoutError
+            raise asyncio.TimeoutError  # not TimeoutError: they differ before Python 3.11
         return await asyncio.wait_for(self._queue.get(), timeout)
 
     async def _work(self) -> None:
@@ -99,7 +99,7 @@ class LocalService:
             while images < self.max_batch:
                 try:
                     item = await self._next(max(0.0, deadline - loop.time()))
-                except TimeoutError:
+                except asyncio.TimeoutError:
                     break
                 if item[0] is _STOP or images + item[0].count > self.max_batch:
                     self._held = item  # the next batch starts with it (or stops at it)

@@ -9,6 +9,7 @@ metrics and the request dialects stay in the ingress, so they count every replic
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import threading
@@ -97,7 +98,7 @@ def application(model: ModelChoice, plan: RayPlan, limits: Limits) -> serve.Appl
     actor = {"num_cpus": plan.cpus_per_replica, "num_gpus": plan.gpus_per_replica}
     if plan.gpus_per_replica == 0 and model.backend == "ort-cpu":
         # One replica per CPU share: its ONNX Runtime must not spread over the others' cores.
-        model = ModelChoice(**{**model.__dict__, "threads": max(1, int(plan.cpus_per_replica))})
+        model = dataclasses.replace(model, threads=max(1, int(plan.cpus_per_replica)))
     scaling: dict[str, Any] = {"num_replicas": plan.replicas}
     count: int | str = plan.replicas
     if plan.autoscale is not None:
