@@ -21,8 +21,10 @@ from edgediff.runtime.request import (
     DEFAULT_DECODER,
     DEFAULT_ETA,
     DEFAULT_GUIDANCE,
+    DEFAULT_INPAINT_STRENGTH,
     DEFAULT_OUTPUT,
     DEFAULT_STEPS,
+    DEFAULT_STRENGTH,
 )
 from edgediff.serve.settings import (
     SERVE_BATCH_WAIT_MS,
@@ -246,9 +248,17 @@ def _chosen_students(students: dict[int, Path], text: str) -> dict[int, Path]:
     help="With a distill OUT folder: the step counts whose students the bundle keeps, e.g. 2,1 "
     "(default: all).",
 )
+@click.option(
+    "--lora",
+    "lora_texts",
+    multiple=True,
+    metavar="FILE[:SCALE]",
+    help="Fuse a LoRA (diffusers/PEFT or kohya/A1111 .safetensors) into the U-Net and text "
+    "encoder at SCALE (default 1); repeat for several. The manifest records each file's sha256.",
+)
 def export(
     checkpoint_dir, bundle_dir, fp16, fp16_vae, opset, force, no_verify, recommended_steps,
-    recommended_guidance, teacher, students_text,
+    recommended_guidance, teacher, students_text, lora_texts,
 ) -> None:  # fmt: skip
     """Export a diffusers Stable Diffusion checkpoint folder to an ONNX bundle.
 
@@ -260,7 +270,7 @@ def export(
     becomes the U-Net and every other one a U-Net for its step count (unet.steps-N), which
     generation picks when asked for that many steps; its tiny decoder becomes vae_decoder.tiny
     (`generate --decoder tiny`). With --teacher, the teacher is the U-Net and every student
-    one for its step count. --students keeps only some of them.
+    one for its step count. --students keeps only some of them. --lora fuses LoRAs first.
     """
     from edgediff.bundle.schema import steps_variant
     from edgediff.export import export_checkpoint
@@ -289,9 +299,13 @@ def export(
         extras = {steps_variant(n): students[n] for n in (others if teacher is None else students)}
         if (run_dir / TINY_DECODER_FOLDER / "config.json").is_file():
             tiny = run_dir / TINY_DECODER_FOLDER
+    from edgediff.export.lora import parse_lora
+
+    loras = [parse_lora(text) for text in lora_texts]
     manifest = export_checkpoint(
         checkpoint_dir,
         bundle_dir,
+        loras=loras,
         extra_unets=extras,
         tiny_decoder=tiny,
         recommended_steps=recommended_steps,
@@ -332,6 +346,26 @@ MAX_COUNT = 4096
 @click.option(
     "--eta", default=DEFAULT_ETA, show_default=True, help="DDIM eta: 0 deterministic, 1 DDPM-like."
 )
+@click.option(
+    "--image",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Start from this picture (image-to-image): used at its size if that is a multiple of "
+    "the model's size factor, else resized to --height x --width when given.",
+)
+@click.option(
+    "--mask",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --image: inpaint where this mask is white, keep where it is black.",
+)
+@click.option(
+    "--strength",
+    type=float,
+    default=None,
+    help=f"With --image: how far to depart from it, 0 to 1 (default {DEFAULT_STRENGTH:g}; "
+    f"{DEFAULT_INPAINT_STRENGTH:g} with --mask).",
+)
 @backend_option
 @precision_option
 @decoder_option
@@ -359,11 +393,19 @@ def generate(
     decoder,
     out,
     force,
+    image,
+    mask,
+    strength,
 ) -> None:
-    """Generate images for PROMPT and write them as PNG (parameters in a PNG text chunk)."""
+    """Generate images for PROMPT and write them as PNG (parameters in a PNG text chunk).
+
+    With --image, edit a picture instead (image-to-image); with --mask too, repaint only where
+    the mask is white (inpainting).
+    """
     from edgediff.runtime import Pipeline
+    from edgediff.runtime.image_inputs import file_sha256, open_image
     from edgediff.runtime.images import save_png
-    from edgediff.runtime.request import GenerationRequest, output_paths
+    from edgediff.runtime.request import GenerationRequest, default_strength, output_paths
 
     if out.suffix.lower() != ".png":
         raise EdgediffError(f"--out '{out}' is not a .png file", "Name the output NAME.png")
@@ -382,10 +424,20 @@ def generate(
         width=width,
         count=count,
     ).with_seed()
+    if mask is not None and image is None:
+        raise InputError("--mask needs the --image it masks", "Pass --image too")
+    if strength is not None and image is None:
+        raise InputError("--strength applies to --image", "Pass --image, or drop --strength")
+    editing: dict[str, Any] = {}
+    if image is not None:
+        editing["image"] = open_image(image, "--image")
+        if mask is not None:
+            editing["mask_image"] = open_image(mask, "--mask")
+        editing["strength"] = strength
     with Pipeline.load(bundle, backend=backend, precision=precision, decoder=decoder) as pipe:
         steps = request.steps or pipe.default_steps
         guidance = pipe.guidance_for(steps) if request.guidance is None else request.guidance
-        images = pipe(**request.pipeline_arguments(), progress=True)
+        images = pipe(**request.pipeline_arguments(), **editing, progress=True)
         seconds = pipe.last_timings.total
         root = pipe.bundle.root
     record = request.provenance(
@@ -398,8 +450,13 @@ def generate(
         precision=precision,
     )
     record["decoder"] = decoder
-    for i, (image, path) in enumerate(zip(images, paths, strict=True)):
-        save_png(image, path, {**record, "index": i})
+    if image is not None:
+        record["image_sha256"] = file_sha256(image)
+        record["strength"] = default_strength(mask is not None) if strength is None else strength
+        if mask is not None:
+            record["mask_sha256"] = file_sha256(mask)
+    for i, (picture, path) in enumerate(zip(images, paths, strict=True)):
+        save_png(picture, path, {**record, "index": i})
         click.echo(str(path))
     click.echo(f"seed {request.seed}, {seconds:.2f} s", err=True)
 

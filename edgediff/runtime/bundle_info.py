@@ -111,6 +111,8 @@ def format_bundle(bundle: Bundle) -> str:
                     f"teacher {record.teacher_unet_sha256[:12]}, data {record.data}",
                 ]
             )
+    for lora in m.loras:
+        facts.append(["LoRA fused", f"{lora.file} at {lora.scale:g} (sha256 {lora.sha256[:12]})"])
     if m.recommended_steps is not None:
         facts.append(["recommended steps", str(m.recommended_steps)])
     if m.recommended_guidance is not None:

@@ -24,17 +24,20 @@ from edgediff.bundle.schema import (
 from edgediff.errors import BundleError, InputError
 from edgediff.runtime import request_checks as checks
 from edgediff.runtime.backends import DEFAULT_BACKEND, Backend, Session, get_backend
+from edgediff.runtime.editing import inpaint_blend, noised_start, strength_start
 from edgediff.runtime.guidance import cfg_denoiser, embedded_denoiser, is_guided
+from edgediff.runtime.image_inputs import image_array, latent_mask, mask_array
 from edgediff.runtime.images import to_images, to_pil
 from edgediff.runtime.request import (
     DECODERS,
     DEFAULT_COUNT,
     DEFAULT_DECODER,
     DEFAULT_ETA,
+    default_strength,
     recommended_guidance,
     recommended_steps,
 )
-from edgediff.runtime.samplers import sample_ddim
+from edgediff.runtime.samplers import StepConstraint, sample_ddim
 from edgediff.runtime.schedulers import DDIMScheduler
 from edgediff.runtime.tensorrt_flavours import installed_flavours
 from edgediff.runtime.tokenizer import PromptTokenizer
@@ -121,6 +124,7 @@ class Models:
     text_encoder: ModelCall
     unet: ModelCall
     vae_decoder: ModelCall
+    vae_encoder: ModelCall | None = None  # None: the pipeline's (image-to-image, inpainting)
 
 
 @dataclass
@@ -254,6 +258,7 @@ class Pipeline:
             text_encoder=self._timed("text_encoder"),
             unet=self._timed(self.unet_for(steps)),
             vae_decoder=self._timed(self.decoder),
+            vae_encoder=self._timed("vae_encoder"),
         )
 
     @property
@@ -380,6 +385,17 @@ class Pipeline:
             return embedded_denoiser(noise_prediction, cond, guidance_scale)
         return cfg_denoiser(noise_prediction, cond, guidance_scale)
 
+    def encode_image(self, images: np.ndarray, models: Models | None = None) -> np.ndarray:
+        """Images N×3×H×W in [-1, 1] -> latents, scaled: the mean of the VAE's posterior.
+
+        diffusers samples the posterior with its generator; its spread is far below what the
+        added noise brings, and the mean keeps an image's latents independent of the seed.
+        """
+        run = (models or self.models).vae_encoder or self._timed("vae_encoder")
+        parameters = run(sample=images.astype(np.float32))["latent_parameters"]
+        mean = parameters[:, : self.config.latent_channels].astype(np.float32)
+        return mean * np.float32(self.config.scaling_factor)
+
     def decode(self, latents: np.ndarray, models: Models | None = None) -> np.ndarray:
         """Latents -> float images NHWC in [0, 1]."""
         z = latents / np.float32(self.config.scaling_factor)
@@ -404,6 +420,9 @@ class Pipeline:
         progress: bool = False,
         callback: Callable[[int, int, np.ndarray], Any] | None = None,
         models: Models | None = None,
+        image: Any = None,
+        mask_image: Any = None,
+        strength: float | None = None,
     ) -> Any:
         """Generate images. Returns PIL images, float32 N×H×W×3 in [0, 1] ("np") or latents.
 
@@ -412,6 +431,15 @@ class Pipeline:
         with a U-Net distilled for the count asked runs that one. `callback(step, num_steps,
         latents)` runs after each denoising step. `models` replaces the model calls
         (default: models_for(num_inference_steps)), e.g. to record what each one is fed.
+
+        `image` (a PIL image or an H×W×3 array; one, or one per prompt) makes it image-to-image
+        as diffusers' StableDiffusionImg2ImgPipeline: the image's latents noised to the step
+        `strength` selects (default: `default_strength`), then the remaining steps. `mask_image`
+        (white: repaint) makes it inpainting by latent blending: outside the mask every step
+        ends on the image's own latents, re-noised (default strength 1). With an image,
+        `latents` is the noise added (default: drawn from the seed). The image is used at its
+        size if that is a multiple of the size factor, else resized to `height` × `width`
+        when given (`runtime.image_inputs`).
         """
         prompts = checks.prompts(prompt, "prompt")
         n = checks.integer(num_images_per_prompt, "num_images_per_prompt", 1)
@@ -427,6 +455,14 @@ class Pipeline:
         seed = checks.seed(seed)
         latents = checks.latents(latents, self.config.latent_channels)
         _check_outputs_and_hooks(output_type, callback, models)
+        source = None
+        if image is not None or mask_image is not None:
+            source = self._source(
+                image, mask_image, strength, len(prompts), height, width, num_inference_steps
+            )
+            height, width = source.images.shape[2:]
+        elif strength is not None:
+            raise InputError("strength applies to image-to-image", "Pass an image, or drop it")
         height, width = self._check_size(latents, height, width)
         checks.fits_in_memory(
             len(prompts) * n,
@@ -452,10 +488,16 @@ class Pipeline:
 
         models = models or self.models_for(num_inference_steps)
         cond = self.encode(prompts, negatives, n, models)
-        if latents is None:
-            x = self.initial_latents(len(prompts) * n, height, width, rng)
+        skip, constraint = 0, None
+        if source is None:
+            if latents is None:
+                x = self.initial_latents(len(prompts) * n, height, width, rng)
+            else:
+                x = latents * np.float32(self.scheduler.init_noise_sigma)
         else:
-            x = latents * np.float32(self.scheduler.init_noise_sigma)
+            x, skip, constraint = self._image_start(
+                source, n, latents, rng, num_inference_steps, models
+            )
         x = sample_ddim(
             self.denoiser(cond, guidance_scale, models, num_inference_steps),
             x,
@@ -465,10 +507,70 @@ class Pipeline:
             rng=rng,
             callback=callback,
             progress=_progress if progress else None,
+            start=skip,
+            constraint=constraint,
         )
         result = x if output_type == "latent" else self.decode(x, models)
         self.last_timings.total = time.perf_counter() - start
         return to_pil(result) if output_type == "pil" else result
+
+    def _source(
+        self,
+        image: Any,
+        mask_image: Any,
+        strength: Any,
+        count: int,
+        height: Any,
+        width: Any,
+        steps: int,
+    ) -> _Source:
+        """The checked image(s), mask(s) and strength of an image-to-image or inpainting call."""
+        if image is None:
+            raise InputError("mask_image needs the image it masks", "Pass image too")
+        if strength is None:
+            strength = default_strength(mask_image is not None)
+        strength = checks.real(strength, "strength", 0.0, 1.0)
+        start = strength_start(steps, strength)
+        given = {
+            name: None if value is None else checks.integer(value, name, 1)
+            for name, value in (("height", height), ("width", width))
+        }
+        m = self.config.size_multiple
+        for name, value in given.items():
+            if value is not None and value % m:
+                raise InputError(f"{name} {value} is not a positive multiple of {m}")
+        images = image_array(image, count, given["height"], given["width"], m)
+        mask = None
+        if mask_image is not None:
+            resized = given["height"] is not None or given["width"] is not None
+            mask = mask_array(mask_image, count, images.shape[2:], resized)
+        return _Source(images, mask, strength, start)
+
+    def _image_start(
+        self,
+        source: _Source,
+        per_prompt: int,
+        noise: np.ndarray | None,
+        rng: np.random.Generator,
+        steps: int,
+        models: Models,
+    ) -> tuple[np.ndarray, int, StepConstraint | None]:
+        """(starting latents, timesteps skipped, the inpainting blend or None)."""
+        image_latents = np.repeat(self.encode_image(source.images, models), per_prompt, axis=0)
+        if noise is None:
+            noise = rng.standard_normal(image_latents.shape, dtype=np.float32)
+        elif noise.shape != image_latents.shape:
+            raise InputError(
+                f"latents (the noise added to the image) have shape {noise.shape}, the image's "
+                f"latents {image_latents.shape}"
+            )
+        pure = source.mask is not None and source.strength == 1.0
+        x = noised_start(self.scheduler, image_latents, noise, steps, source.start, pure)
+        if source.mask is None:
+            return x, source.start, None
+        mask = np.repeat(latent_mask(source.mask, self.config.vae_scale_factor), per_prompt, 0)
+        blend = inpaint_blend(self.scheduler, mask, image_latents, noise, steps, source.start)
+        return x, source.start, blend
 
     def _check_embedded_guidance(
         self, negative_prompt: Any, guidance_scale: float, steps: int
@@ -523,6 +625,16 @@ class Pipeline:
                     f"Use e.g. {lower} or {lower + m}",
                 )
         return height, width
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What an image-to-image or inpainting call starts from."""
+
+    images: np.ndarray  # N×3×H×W in [-1, 1], one per prompt
+    mask: np.ndarray | None  # N×1×H×W of 0 (keep) and 1 (repaint)
+    strength: float
+    start: int  # timesteps skipped
 
 
 def _check_outputs_and_hooks(output_type: Any, callback: Any, models: Any) -> None:

@@ -25,6 +25,10 @@ DEFAULT_GUIDANCE = 3.0
 C_RECOMMENDED_GUIDANCE = -1.0
 DEFAULT_ETA = 0.0  # deterministic DDIM
 DEFAULT_COUNT = 1
+# How far image-to-image departs from its image: diffusers' img2img default is 0.8, its
+# inpainting's 1.0 (the masked region starts from pure noise).
+DEFAULT_STRENGTH = 0.75
+DEFAULT_INPAINT_STRENGTH = 1.0
 DEFAULT_OUTPUT = Path("image.png")
 # The VAE's own decoder unless asked; "tiny" is the stand-in `edgediff distill` trains.
 DECODERS = ("full", "tiny")
@@ -55,6 +59,11 @@ def recommended_guidance(bundle: Bundle, steps: int | None = None) -> float:
     running = bundle.unet_for(steps)
     same_kind = bundle.guidance_embedded(running) == bundle.guidance_embedded(reference)
     return recommended if same_kind else DEFAULT_GUIDANCE
+
+
+def default_strength(masked: bool) -> float:
+    """The strength of an image-to-image call that asks for none (inpainting when `masked`)."""
+    return DEFAULT_INPAINT_STRENGTH if masked else DEFAULT_STRENGTH
 
 
 def new_seed() -> int:
