@@ -194,6 +194,15 @@ class TokenizerConfig:
 
 
 @dataclass(frozen=True)
+class LoraRecord:
+    """A LoRA fused into the bundle's U-Net and text encoder at export."""
+
+    file: str  # the file's name, as given
+    sha256: str
+    scale: float
+
+
+@dataclass(frozen=True)
 class Calibration:
     """Component inputs recorded while the fp32 pipeline sampled calibration prompts."""
 
@@ -263,6 +272,8 @@ class Manifest:
     # The guidance scale to generate with when none is asked for (distilled students may guide
     # best at another scale than their teacher); None: the runtime's default.
     recommended_guidance: float | None = None
+    # LoRAs fused into the weights at export, in the order given.
+    loras: tuple[LoraRecord, ...] = ()
     edgediff_version: str = __version__
     format_version: int = FORMAT_VERSION
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import shutil
+import tempfile
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,12 +22,14 @@ from edgediff.bundle.schema import (
     TINY_DECODER,
     Component,
     DistillationRecord,
+    LoraRecord,
     Manifest,
     ModelEntry,
     kind_of,
 )
 from edgediff.bundle.typed_json import FieldError, decode
 from edgediff.errors import ExportError
+from edgediff.export.lora import LoraSpec, file_sha256
 from edgediff.runtime.request_checks import MAX_GUIDANCE
 
 
@@ -175,6 +180,8 @@ def _export_into(
     verify: bool,
     progress: bool,
     workers: int,
+    origin: Path,
+    loras: tuple[LoraRecord, ...],
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -213,7 +220,8 @@ def _export_into(
             entries[component] = _entry(run_job(jobs[component], load), verify)
             bar.update(1)
         # Hash the checkpoint while the helper may still be working.
-        source = {"checkpoint": checkpoint.resolve().name, "sha256": checkpoint_sha256(checkpoint)}
+        # A LoRA-fused copy is exported; the source is the checkpoint it was made from.
+        source = {"checkpoint": origin.resolve().name, "sha256": checkpoint_sha256(origin)}
         if helper is not None:
             bar.set_postfix_str("unet")
             entries["unet"] = _entry(helper.result(), verify)
@@ -269,6 +277,7 @@ def _export_into(
             source=source,
             recommended_steps=recommended_steps,
             recommended_guidance=recommended_guidance,
+            loras=loras,
         )
     )
 
@@ -352,6 +361,22 @@ def shares_text_encoder_and_vae(base: Path, other: Path) -> bool:
 _LOADING = {"is_local", "local_files_only", "transformers_version"}
 
 
+@contextlib.contextmanager
+def _fused(checkpoint: Path, loras: Sequence[LoraSpec], bundle: Path) -> Iterator[Path]:
+    """The checkpoint to export: itself, or a copy with the LoRAs fused, removed after."""
+    if not loras:
+        yield checkpoint
+        return
+    from edgediff.export.lora import fuse_into_copy
+
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".edgediff-lora-", dir=bundle.parent))
+    try:
+        yield fuse_into_copy(checkpoint, list(loras), folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def export_checkpoint(
     checkpoint_dir: str | os.PathLike,
     bundle_dir: str | os.PathLike,
@@ -367,8 +392,12 @@ def export_checkpoint(
     tiny_decoder: str | os.PathLike | None = None,
     recommended_steps: int | None = None,
     recommended_guidance: float | None = None,
+    loras: Sequence[LoraSpec] = (),
 ) -> Manifest:
     """Export a diffusers SD checkpoint folder to a verified ONNX bundle folder, all or nothing.
+
+    `loras` are fused into the U-Net and text encoder first (`edgediff.export.lora`), in a copy
+    of the checkpoint beside the bundle that is removed after; the manifest records each.
 
     `extra_unets` adds more U-Nets (component name -> checkpoint folder sharing this one's text
     encoder and VAE), e.g. "unet.steps-2" from `edgediff distill`; `recommended_steps` is what
@@ -406,10 +435,19 @@ def export_checkpoint(
         )
     if workers is None:
         workers = 2 if _available_cpus() >= 2 else 1
-    with create(bundle, "edgediff export", force) as tx:
+    if loras and extras:
+        raise ExportError(
+            "LoRAs are fused into the checkpoint's U-Net, not into distilled students",
+            "Fuse them before distilling (export the fused teacher), or export without --lora",
+        )
+    records = tuple(LoraRecord(x.path.name, file_sha256(x.path), x.scale) for x in loras)
+    with (
+        create(bundle, "edgediff export", force) as tx,
+        _fused(checkpoint, loras, bundle) as source,
+    ):
         _export_into(
             tx,
-            checkpoint,
+            source,
             extra_unets=extras,
             tiny_decoder=tiny,
             recommended_steps=recommended_steps,
@@ -420,6 +458,8 @@ def export_checkpoint(
             verify=verify,
             progress=progress,
             workers=workers,
+            origin=checkpoint,
+            loras=records,
         )
     if not verify:
         warnings.warn(

@@ -1,0 +1,142 @@
+"""LoRA at export: a bundle exported with --lora makes the images diffusers makes with the same
+LoRAs loaded and fused; a LoRA that does not fit its checkpoint is refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgediff.tolerances import PIPELINE_IMAGE_ATOL
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+peft = pytest.importorskip("peft", reason="fusing LoRAs needs peft (the [train] extra)")
+
+from edgediff.cli import cli  # noqa: E402
+from edgediff.runtime import Pipeline  # noqa: E402
+
+UNET_LAYERS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_LAYERS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def make_lora(checkpoint, path, seed: int, text_encoder: bool = True):
+    """A random LoRA (PEFT, diffusers' file layout) for the checkpoint's attention layers."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(checkpoint)
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=2, target_modules=UNET_LAYERS,
+                                     init_lora_weights="gaussian"))  # fmt: skip
+    layers = {"unet_lora_layers": get_peft_model_state_dict(pipe.unet)}
+    if text_encoder:
+        pipe.text_encoder.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=TEXT_LAYERS,
+                                                 init_lora_weights="gaussian"))  # fmt: skip
+        layers["text_encoder_lora_layers"] = get_peft_model_state_dict(pipe.text_encoder)
+    # gaussian init leaves lora_B at 0 (no effect): give B weights so the LoRA changes images.
+    for state in layers.values():
+        for key, value in state.items():
+            if "lora_B" in key:
+                value.copy_(torch.randn_like(value) * 0.3)
+    diffusers.StableDiffusionPipeline.save_lora_weights(
+        path.parent, weight_name=path.name, safe_serialization=True, **layers
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def loras(checkpoints, tmp_path_factory):
+    root = tmp_path_factory.mktemp("loras")
+    return {
+        "a": make_lora(checkpoints["tiny"], root / "a.safetensors", seed=1),
+        "b": make_lora(checkpoints["tiny"], root / "b.safetensors", seed=2, text_encoder=False),
+        "other-base": make_lora(checkpoints["tiny-v"], root / "v.safetensors", seed=3),
+    }
+
+
+def reference_images(checkpoint, files_and_scales, latents) -> np.ndarray:
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(checkpoint)
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    names = []
+    for i, (path, _) in enumerate(files_and_scales):
+        pipe.load_lora_weights(str(path), adapter_name=f"l{i}")
+        names.append(f"l{i}")
+    if names:
+        pipe.set_adapters(names, adapter_weights=[scale for _, scale in files_and_scales])
+        pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+    with torch.no_grad():
+        return pipe(
+            ["a red circle on the left", "a blue square"], latents=torch.from_numpy(latents),
+            num_inference_steps=4, guidance_scale=5.0, output_type="np",
+        ).images  # fmt: skip
+
+
+def test_bundles_with_one_and_two_loras_equal_diffusers(checkpoints, loras, tmp_path):
+    latents = np.random.default_rng(0).standard_normal((2, 4, 16, 16), dtype=np.float32)
+    for case in ([(loras["a"], 0.8)], [(loras["a"], 0.8), (loras["b"], 1.5)]):
+        bundle = tmp_path / f"bundle-{len(case)}"
+        args = [arg for path, scale in case for arg in ("--lora", f"{path}:{scale}")]
+        result = CliRunner().invoke(
+            cli,
+            [
+                "export",
+                str(checkpoints["tiny"]),
+                str(bundle),
+                *args,
+                "--no-verify",  # the images are compared with diffusers' below, a stricter check
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        assert [(r["file"], r["scale"]) for r in manifest["loras"]] == [
+            (path.name, scale) for path, scale in case
+        ]
+        assert manifest["source"]["checkpoint"] == checkpoints["tiny"].name
+        with Pipeline.load(bundle) as pipe:
+            actual = pipe(
+                ["a red circle on the left", "a blue square"], latents=latents,
+                num_inference_steps=4, guidance_scale=5.0, output_type="np",
+            )  # fmt: skip
+        expected = reference_images(checkpoints["tiny"], case, latents)
+        assert np.abs(actual - expected).max() <= PIPELINE_IMAGE_ATOL
+        # The LoRAs changed the images (the test would pass vacuously otherwise).
+        assert np.abs(actual - reference_images(checkpoints["tiny"], [], latents)).max() > 0.01
+    info = CliRunner().invoke(cli, ["info", str(tmp_path / "bundle-2"), "--no-verify"])
+    assert "LoRA fused" in info.output and "a.safetensors at 0.8" in info.output
+
+
+def test_a_lora_for_another_base_is_refused_by_name(checkpoints, loras, tmp_path):
+    result = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            str(checkpoints["tiny"]),
+            str(tmp_path / "b"),
+            "--lora",
+            str(loras["other-base"]),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "does not fit" in result.output and "match no layer" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("missing.safetensors", "does not exist"),
+        ("{a}:much", "is not a scale"),
+        ("{a}:50", "[-10, 10]"),
+    ],
+)
+def test_bad_lora_arguments(checkpoints, loras, tmp_path, text, message):
+    text = text.format(a=loras["a"])
+    result = CliRunner().invoke(
+        cli, ["export", str(checkpoints["tiny"]), str(tmp_path / "b"), "--lora", text]
+    )
+    assert result.exit_code == 1 and message in result.output
