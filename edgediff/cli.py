@@ -405,7 +405,7 @@ def generate(
     from edgediff.runtime import Pipeline
     from edgediff.runtime.image_inputs import file_sha256, open_image
     from edgediff.runtime.images import save_png
-    from edgediff.runtime.request import GenerationRequest, default_strength, output_paths
+    from edgediff.runtime.request import GenerationRequest, SourceImage, output_paths
 
     if out.suffix.lower() != ".png":
         raise EdgediffError(f"--out '{out}' is not a .png file", "Name the output NAME.png")
@@ -413,6 +413,19 @@ def generate(
     existing = [p for p in paths if p.exists()]
     if existing and not force:
         raise EdgediffError(f"'{existing[0]}' already exists", "Pass --force or choose --out")
+    if mask is not None and image is None:
+        raise InputError("--mask needs the --image it masks", "Pass --image too")
+    if strength is not None and image is None:
+        raise InputError("--strength applies to --image", "Pass --image, or drop --strength")
+    source = None
+    if image is not None:
+        source = SourceImage(
+            image=open_image(image, "--image"),
+            image_sha256=file_sha256(image),
+            mask=None if mask is None else open_image(mask, "--mask"),
+            mask_sha256=None if mask is None else file_sha256(mask),
+            strength=strength,
+        )
     request = GenerationRequest(
         prompt,
         negative_prompt=negative,
@@ -423,21 +436,12 @@ def generate(
         height=height,
         width=width,
         count=count,
+        source=source,
     ).with_seed()
-    if mask is not None and image is None:
-        raise InputError("--mask needs the --image it masks", "Pass --image too")
-    if strength is not None and image is None:
-        raise InputError("--strength applies to --image", "Pass --image, or drop --strength")
-    editing: dict[str, Any] = {}
-    if image is not None:
-        editing["image"] = open_image(image, "--image")
-        if mask is not None:
-            editing["mask_image"] = open_image(mask, "--mask")
-        editing["strength"] = strength
     with Pipeline.load(bundle, backend=backend, precision=precision, decoder=decoder) as pipe:
         steps = request.steps or pipe.default_steps
         guidance = pipe.guidance_for(steps) if request.guidance is None else request.guidance
-        images = pipe(**request.pipeline_arguments(), **editing, progress=True)
+        images = pipe(**request.pipeline_arguments(), progress=True)
         seconds = pipe.last_timings.total
         root = pipe.bundle.root
     record = request.provenance(
@@ -450,11 +454,6 @@ def generate(
         precision=precision,
     )
     record["decoder"] = decoder
-    if image is not None:
-        record["image_sha256"] = file_sha256(image)
-        record["strength"] = default_strength(mask is not None) if strength is None else strength
-        if mask is not None:
-            record["mask_sha256"] = file_sha256(mask)
     for i, (picture, path) in enumerate(zip(images, paths, strict=True)):
         save_png(picture, path, {**record, "index": i})
         click.echo(str(path))

@@ -169,6 +169,39 @@ def test_a1111_seed_minus_one_draws_a_seed_it_reports(server):
     assert pngs(again) == pngs(reply)
 
 
+def test_a1111_img2img_edits_as_generate_does(server, tmp_path):
+    from PIL import Image
+
+    source, mask = tmp_path / "source.png", tmp_path / "mask.png"
+    answer = server.post(A1111, {"prompt": "a big red circle on the left", "seed": 1})
+    source.write_bytes(pngs(answer.json())[0])
+    half = Image.new("L", (64, 64))
+    half.paste(255, (32, 0, 64, 64))
+    half.save(mask)
+    encoded = {p: base64.b64encode(p.read_bytes()).decode() for p in (source, mask)}
+    body = {"prompt": "a big blue circle on the left", "seed": 4, "denoising_strength": 0.6,
+            "init_images": [encoded[source]], "cfg_scale": 8}  # fmt: skip
+    reply = server.post("/sdapi/v1/img2img", body).json()
+    assert "init_images" not in reply["parameters"]
+    expected = generated_pngs(tmp_path, body["prompt"], "--seed", "4", "--image", str(source),
+                              "--strength", "0.6", "--guidance", "8")  # fmt: skip
+    assert pngs(reply) == expected
+    body.update(mask=f"data:image/png;base64,{encoded[mask]}", denoising_strength=1.0)
+    reply = server.post("/sdapi/v1/img2img", body).json()
+    args = ("--seed", "4", "--image", str(source), "--mask", str(mask), "--strength", "1")
+    expected = generated_pngs(tmp_path, body["prompt"], *args, "--guidance", "8")
+    assert pngs(reply) == expected
+    for bad, field in (
+        ({"init_images": ["not base64!"]}, "init_images[0]"),
+        ({"init_images": [base64.b64encode(b"text").decode()]}, "init_images[0]"),
+        ({"init_images": []}, "init_images"),
+        ({"denoising_strength": 2}, "denoising_strength"),
+        ({"mask": base64.b64encode(Image.new("L", (8, 8)).tobytes()).decode()}, "mask"),
+    ):
+        answer = server.post("/sdapi/v1/img2img", {**body, **bad})
+        assert answer.status_code == 400 and field in answer.json()["error"]["message"], answer.text
+
+
 def test_openai_python_client(server):
     openai = pytest.importorskip("openai", reason="the OpenAI client comes with [dev]")
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)

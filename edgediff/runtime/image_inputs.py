@@ -36,6 +36,22 @@ def open_image(path: str | Path, name: str = "image") -> Any:
         ) from None
 
 
+def image_from_bytes(data: bytes, name: str = "image") -> Any:
+    """An encoded image (PNG, JPEG, ...) as a PIL image, or a one-line error naming `name`."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise InputError(
+            f"{name} is not an image Pillow can read ({type(e).__name__})", "Send a PNG or JPEG"
+        ) from None
+
+
 def file_sha256(path: str | Path) -> str:
     """The sha256 of a file's bytes (what a PNG records of its source image)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -8,7 +8,7 @@ names and the provenance record written into each PNG.
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +79,28 @@ def output_paths(out: Path, count: int) -> list[Path]:
 
 
 @dataclass(frozen=True)
+class SourceImage:
+    """The picture an image-to-image or inpainting request edits, and how far it may depart."""
+
+    image: Any  # a PIL image or an H×W×3 array (runtime.image_inputs)
+    image_sha256: str  # of the image file's bytes, recorded in the PNGs
+    mask: Any = None  # None: image-to-image; else white repaints, black keeps
+    mask_sha256: str | None = None
+    strength: float | None = None  # None: default_strength(mask is not None)
+
+    def record(self) -> dict[str, Any]:
+        """What the PNGs record of it."""
+        masked = self.mask is not None
+        strength = default_strength(masked) if self.strength is None else self.strength
+        record = {"image_sha256": self.image_sha256, "strength": strength}
+        if self.mask is not None:
+            record["mask_sha256"] = self.mask_sha256
+        return record
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
-    """One text-to-image request, as every front end describes it."""
+    """One generation request, as every front end describes it."""
 
     prompt: str
     negative_prompt: str | None = None
@@ -91,16 +111,15 @@ class GenerationRequest:
     height: int | None = None  # None: the model's default size
     width: int | None = None
     count: int = DEFAULT_COUNT
+    source: SourceImage | None = None  # None: text to image
 
     def with_seed(self) -> GenerationRequest:
         """This request with its seed fixed (a new one if it had none)."""
-        if self.seed is not None:
-            return self
-        return GenerationRequest(**{**asdict(self), "seed": new_seed()})
+        return self if self.seed is not None else replace(self, seed=new_seed())
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """Keyword arguments of Pipeline.__call__ for this request."""
-        return {
+        arguments = {
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "num_inference_steps": self.steps,
@@ -111,6 +130,11 @@ class GenerationRequest:
             "num_images_per_prompt": self.count,
             "seed": self.seed,
         }
+        if self.source is not None:
+            arguments["image"] = self.source.image
+            arguments["mask_image"] = self.source.mask
+            arguments["strength"] = self.source.strength
+        return arguments
 
     def provenance(
         self,
@@ -137,6 +161,7 @@ class GenerationRequest:
             "backend": backend,
             "precision": precision or "default",
             "edgediff": __version__,
+            **({} if self.source is None else self.source.record()),
         }
 
 

@@ -10,14 +10,26 @@ itself ignores when absent from its model; those are reported back in `info`.
 from __future__ import annotations
 
 import base64
+import binascii
+import dataclasses
+import hashlib
 import json
 import re
 import time
 from typing import Any, Literal
 
+from PIL import ImageOps
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
-from edgediff.runtime.request import DEFAULT_ETA, GenerationRequest, new_seed
+from edgediff.errors import InputError
+from edgediff.runtime.image_inputs import image_from_bytes
+from edgediff.runtime.request import (
+    DEFAULT_ETA,
+    DEFAULT_STRENGTH,
+    GenerationRequest,
+    SourceImage,
+    new_seed,
+)
 from edgediff.runtime.request_checks import MAX_GUIDANCE, MAX_SEED
 from edgediff.serve.batches import Outcome
 
@@ -140,6 +152,48 @@ class A1111Txt2ImgRequest(BaseModel):
         )
 
 
+class A1111Img2ImgRequest(A1111Txt2ImgRequest):
+    """POST /sdapi/v1/img2img: txt2img's fields and the picture to edit (and its mask)."""
+
+    init_images: list[str] = Field(
+        min_length=1, max_length=1, description="One base64 PNG or JPEG (a data: URL is fine)"
+    )
+    mask: str | None = Field(default=None, description="Base64 mask: white repaints, black keeps")
+    denoising_strength: float = Field(
+        default=DEFAULT_STRENGTH, ge=0.0, le=1.0, allow_inf_nan=False, strict=True
+    )
+    inpainting_mask_invert: Literal[0, 1] = Field(default=0, description="1: black repaints")
+
+    def generation(self) -> GenerationRequest:
+        """The edit edgediff runs (seed drawn if -1)."""
+        image_bytes = _base64_field(self.init_images[0], "init_images[0]")
+        mask = mask_bytes = None
+        if self.mask is not None:
+            mask_bytes = _base64_field(self.mask, "mask")
+            mask = image_from_bytes(mask_bytes, "mask").convert("L")
+            if self.inpainting_mask_invert:
+                mask = ImageOps.invert(mask)
+        source = SourceImage(
+            image=image_from_bytes(image_bytes, "init_images[0]"),
+            image_sha256=hashlib.sha256(image_bytes).hexdigest(),
+            mask=mask,
+            mask_sha256=None if mask_bytes is None else hashlib.sha256(mask_bytes).hexdigest(),
+            strength=self.denoising_strength,
+        )
+        return dataclasses.replace(super().generation(), source=source)
+
+
+def _base64_field(text: str, name: str) -> bytes:
+    """Base64 text (perhaps a data: URL) as bytes, or a one-line error naming the field."""
+    _, comma, payload = text.partition(",")
+    if not (comma and text.startswith("data:")):
+        payload = text
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{name} is not base64 text") from None
+
+
 def a1111_response(body: A1111Txt2ImgRequest, outcome: Outcome) -> dict[str, Any]:
     """A1111's TextToImageResponse: base64 PNGs, the parameters asked, and `info` (JSON text)
     with what was run."""
@@ -162,6 +216,7 @@ def a1111_response(body: A1111Txt2ImgRequest, outcome: Outcome) -> dict[str, Any
     }
     return {
         "images": [base64.b64encode(png).decode("ascii") for png in outcome.pngs],
-        "parameters": body.model_dump(exclude=set(body.model_extra or {})),
+        # The request's fields as A1111 echoes them, less the pictures sent (not worth echoing).
+        "parameters": body.model_dump(exclude={*(body.model_extra or {}), "init_images", "mask"}),
         "info": json.dumps(info),
     }

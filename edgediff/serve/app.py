@@ -17,8 +17,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from edgediff import __version__
+from edgediff.errors import EdgediffError
 from edgediff.runtime.request import GenerationRequest
 from edgediff.serve.apis import (
+    A1111Img2ImgRequest,
     A1111Txt2ImgRequest,
     OpenAIImageRequest,
     a1111_response,
@@ -124,7 +126,10 @@ def create_app(service: ImageService, limits: Limits | None = None) -> FastAPI:
                 f"the server is busy: {state['taken']} requests are queued or running "
                 f"(--max-queue {limits.max_queue}); retry shortly",
             )
-        request = generation()
+        try:
+            request = generation()
+        except EdgediffError as e:  # a field only the request's decoding could judge
+            raise HTTPError(400, str(e)) from None
         start = time.perf_counter()
         state["taken"] += 1
         metrics.queue_depth.set(state["taken"])
@@ -154,6 +159,12 @@ def create_app(service: ImageService, limits: Limits | None = None) -> FastAPI:
         outcome = await run("a1111", body.generation, body.batch_size * body.n_iter)
         return a1111_response(body, outcome)
 
+    @app.post("/sdapi/v1/img2img", summary="Image to image and inpainting, as AUTOMATIC1111's")
+    async def a1111_img2img(body: A1111Img2ImgRequest) -> dict[str, Any]:
+        """Edit `init_images[0]` toward the prompt; with `mask`, only where it is white."""
+        outcome = await run("a1111-img2img", body.generation, body.batch_size * body.n_iter)
+        return a1111_response(body, outcome)
+
     @app.get("/health", summary="200 once a pipeline is loaded and answering")
     async def health() -> dict[str, Any]:
         """What is served, and how busy the server is."""
@@ -172,4 +183,8 @@ def create_app(service: ImageService, limits: Limits | None = None) -> FastAPI:
     return app
 
 
-ENDPOINTS = {"/v1/images/generations": "openai", "/sdapi/v1/txt2img": "a1111"}
+ENDPOINTS = {
+    "/v1/images/generations": "openai",
+    "/sdapi/v1/txt2img": "a1111",
+    "/sdapi/v1/img2img": "a1111-img2img",
+}

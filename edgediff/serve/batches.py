@@ -96,8 +96,14 @@ class BatchRunner:
         steps = pipe.default_steps if request.steps is None else request.steps
         guidance = pipe.guidance_for(steps) if request.guidance is None else request.guidance
         side = pipe.config.default_image_size
-        height = side if request.height is None else request.height
-        width = side if request.width is None else request.width
+        if request.source is not None:
+            # An edited image keeps its own size unless one is asked for.
+            width, height = _size_of(request.source.image)
+            height = height if request.height is None else request.height
+            width = width if request.width is None else request.width
+        else:
+            height = side if request.height is None else request.height
+            width = side if request.width is None else request.width
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, int) and value > self.max_side:
                 raise InputError(
@@ -108,9 +114,10 @@ class BatchRunner:
 
     def key(self, request: GenerationRequest) -> Hashable:
         """Requests with equal keys can share one pipeline call."""
-        if request.eta != 0:
+        if request.eta != 0 or request.source is not None:
             # eta > 0 draws fresh noise from the seed's generator at each step: batched, the
             # requests would share one generator and their images would depend on each other.
+            # An edit starts from its own image, which `latents=` cannot carry.
             return ("alone", id(request))
         return self.settings(request)
 
@@ -204,3 +211,11 @@ class BatchRunner:
             first_of_call=first,
             seconds=self.pipeline.last_timings.total,
         )
+
+
+def _size_of(image: object) -> tuple[int, int]:
+    """(width, height) of a PIL image or an H×W(×C) array."""
+    if hasattr(image, "size") and isinstance(image.size, tuple):
+        return image.size
+    shape = getattr(image, "shape", (0, 0))
+    return int(shape[1]), int(shape[0])
