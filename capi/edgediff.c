@@ -161,6 +161,15 @@ edgediff_status edgediff_open(const char *bundle_dir, const edgediff_options *op
     return p->opened;
 }
 
+/* Sides beyond this make buffers whose byte count overflows what a caller can mean. */
+#define MAX_IMAGE_SIDE 32768
+
+/* A buffer of the request as a Python bytes object, or None for NULL (a new reference). */
+static PyObject *bytes_or_none(const uint8_t *data, size_t size) {
+    if (data == NULL) Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)size);
+}
+
 static edgediff_status check_request(edgediff_pipeline *pipe, const edgediff_request *r) {
     if (r == NULL) {
         set_error(pipe, "the request is NULL. Pass an edgediff_request "
@@ -174,6 +183,18 @@ static edgediff_status check_request(edgediff_pipeline *pipe, const edgediff_req
     if (r->steps < 0 || r->count < 0 || r->height < 0 || r->width < 0) {
         set_error(pipe, "request has a negative steps, count, height or width. Use 0 for "
                         "the defaults or positive values");
+        return EDGEDIFF_ERROR_INVALID_ARGUMENT;
+    }
+    if (r->image == NULL && (r->mask != NULL || r->strength != 0.0f)) {
+        set_error(pipe, "request.mask and request.strength edit request.image, which is NULL. "
+                        "Set request.image (RGB8) or leave them 0");
+        return EDGEDIFF_ERROR_INVALID_ARGUMENT;
+    }
+    if (r->image != NULL && (r->image_height <= 0 || r->image_width <= 0 ||
+                             r->image_height > MAX_IMAGE_SIDE || r->image_width > MAX_IMAGE_SIDE)) {
+        set_error(pipe, "request.image is %d x %d. Set image_height and image_width to its "
+                        "size in pixels, 1 to %d", r->image_height, r->image_width,
+                  MAX_IMAGE_SIDE);
         return EDGEDIFF_ERROR_INVALID_ARGUMENT;
     }
     if (pipe->py == NULL) {
@@ -205,12 +226,23 @@ edgediff_status edgediff_generate(edgediff_pipeline *pipe, const edgediff_reques
     PyGILState_STATE gil = PyGILState_Ensure();
     /* steps or count 0 go through as 0: edgediff.capi applies the runtime's default, so the
      * installed Python package, not this build, decides what "default" means. */
-    PyObject *result = PyObject_CallMethod(
-        pipe->py, "generate", "szidKiiiKK", request->prompt, request->negative_prompt,
-        request->steps, (double)request->guidance, (unsigned long long)request->seed,
-        request->height, request->width, request->count,
-        (unsigned long long)(uintptr_t)request->progress,
-        (unsigned long long)(uintptr_t)request->progress_user);
+    size_t pixels = request->image == NULL
+                        ? 0
+                        : (size_t)request->image_height * (size_t)request->image_width;
+    PyObject *image = bytes_or_none(request->image, pixels * 3);
+    PyObject *mask = bytes_or_none(request->image == NULL ? NULL : request->mask, pixels);
+    PyObject *result = NULL;
+    if (image != NULL && mask != NULL) {
+        result = PyObject_CallMethod(
+            pipe->py, "generate", "szidKiiiKKOiiOd", request->prompt, request->negative_prompt,
+            request->steps, (double)request->guidance, (unsigned long long)request->seed,
+            request->height, request->width, request->count,
+            (unsigned long long)(uintptr_t)request->progress,
+            (unsigned long long)(uintptr_t)request->progress_user, image,
+            request->image_height, request->image_width, mask, (double)request->strength);
+    }
+    Py_XDECREF(image);
+    Py_XDECREF(mask);
     const char *bytes = NULL;
     Py_ssize_t size = 0;
     int count = 0, height = 0, width = 0;

@@ -10,6 +10,7 @@ means edgediff.runtime.request's default, applied here at run time.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 
 import numpy as np
 
@@ -17,7 +18,12 @@ from edgediff.errors import BackendError, BundleError, EdgediffError, InputError
 from edgediff.runtime.backends import DEFAULT_BACKEND
 from edgediff.runtime.images import to_uint8
 from edgediff.runtime.pipeline import Pipeline
-from edgediff.runtime.request import DEFAULT_COUNT, DEFAULT_DECODER, GenerationRequest
+from edgediff.runtime.request import (
+    DEFAULT_COUNT,
+    DEFAULT_DECODER,
+    GenerationRequest,
+    SourceImage,
+)
 
 # Status codes, as include/edgediff.h numbers them.
 OK, INVALID_ARGUMENT, BUNDLE, BACKEND, CANCELLED, INTERNAL = 0, 1, 2, 3, 4, 5
@@ -70,8 +76,14 @@ class CPipeline:
         count: int,
         progress: int,
         user: int,
+        image: bytes | None = None,
+        image_height: int = 0,
+        image_width: int = 0,
+        mask: bytes | None = None,
+        strength: float = 0.0,
     ) -> tuple[bytes, int, int, int]:
-        """(RGB8 pixels of `count` images, count, height, width) for one request."""
+        """(RGB8 pixels of `count` images, count, height, width) for one request; with `image`
+        (RGB8 bytes, and `mask` L8) an edit of it."""
         callback = None
         if progress:
             function = PROGRESS(progress)
@@ -91,7 +103,24 @@ class CPipeline:
             height=height or None,
             width=width or None,
             count=count or DEFAULT_COUNT,
+            source=_source(image, image_height, image_width, mask, strength),
         )
         images = self.pipeline(**request.pipeline_arguments(), output_type="np", callback=callback)
         pixels = np.ascontiguousarray(to_uint8(images))
         return pixels.tobytes(), pixels.shape[0], pixels.shape[1], pixels.shape[2]
+
+
+def _source(
+    image: bytes | None, height: int, width: int, mask: bytes | None, strength: float
+) -> SourceImage | None:
+    """The C request's image buffers as a SourceImage (strength 0: the default)."""
+    if image is None:
+        return None
+    pixels = np.frombuffer(image, dtype=np.uint8).reshape(height, width, 3)
+    return SourceImage(
+        image=pixels,
+        image_sha256=hashlib.sha256(image).hexdigest(),
+        mask=None if mask is None else np.frombuffer(mask, dtype=np.uint8).reshape(height, width),
+        mask_sha256=None if mask is None else hashlib.sha256(mask).hexdigest(),
+        strength=None if strength == 0 else strength,
+    )

@@ -28,8 +28,10 @@ extern "C" {
 
 /* The ABI version: bumped only when a struct or signature below changes incompatibly.
  * 2: edgediff_options gained `decoder` (a library of ABI 2 reads it from an options struct
- *    built against ABI 1, so rebuild applications against this header). */
-#define EDGEDIFF_ABI_VERSION 2
+ *    built against ABI 1, so rebuild applications against this header).
+ * 3: edgediff_request gained image, image_height, image_width, mask and strength (edits).
+ */
+#define EDGEDIFF_ABI_VERSION 3
 
 typedef enum edgediff_status {
     EDGEDIFF_OK = 0,
@@ -62,6 +64,15 @@ typedef struct edgediff_request {
     int count;                   /* images to make, >= 1 (0: the default) */
     edgediff_progress_fn progress; /* NULL: none */
     void *progress_user;         /* passed back to progress as `user` */
+    /* Image-to-image and inpainting; image NULL: text to image. The buffers are read during
+     * the call only. The image is used at its size if that is a multiple of the model's size
+     * step; with height and width set, it is resized to them. */
+    const uint8_t *image;        /* image_height x image_width RGB8, rows top to bottom */
+    int image_height, image_width;
+    const uint8_t *mask;         /* NULL: image-to-image; else image_height x image_width L8:
+                                    255 repaints, 0 keeps (inpainting) */
+    float strength;              /* how far to depart from the image, in (0, 1]
+                                    (0: the default, 0.75; 1 with a mask) */
 } edgediff_request;
 
 /* `count` RGB8 images of height x width, one after another, rows top to bottom. */

@@ -64,6 +64,11 @@ struct Request {
     int count = detail::request_defaults().count;
     // Called after each step with (step, steps); return false to cancel (throws Error).
     std::function<bool(int, int)> progress;
+    // Edit this picture instead of starting from noise (image-to-image); with a mask (one byte
+    // a pixel, the image's size: 255 repaints, 0 keeps), repaint only there (inpainting).
+    std::optional<Image> image;
+    std::vector<std::uint8_t> mask;
+    float strength = detail::request_defaults().strength;  // 0: the default
 };
 
 struct Options {
@@ -107,6 +112,21 @@ class Pipeline {
         c.height = request.height;
         c.width = request.width;
         c.count = request.count;
+        if (request.image) {
+            c.image = request.image->data();
+            c.image_height = request.image->height();
+            c.image_width = request.image->width();
+        }
+        if (!request.mask.empty()) {
+            const std::size_t need = request.image ? std::size_t(c.image_height) * c.image_width : 0;
+            if (request.mask.size() != need)
+                throw Error(EDGEDIFF_ERROR_INVALID_ARGUMENT,
+                            "the mask has " + std::to_string(request.mask.size()) +
+                                " bytes; it needs one per pixel of the image (" +
+                                std::to_string(need) + ")");
+            c.mask = request.mask.data();
+        }
+        c.strength = request.strength;
         if (request.progress) {
             c.progress = [](void *user, int step, int steps) -> int {
                 return (*static_cast<const std::function<bool(int, int)> *>(user))(step, steps) ? 0 : 1;

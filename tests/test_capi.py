@@ -61,6 +61,33 @@ def test_c_pixels_equal_the_python_apis(build, tmp_path):
     np.testing.assert_array_equal(pixels, to_uint8(expected))
 
 
+def test_cpp_edits_an_image_as_the_python_api_does(build, tmp_path):
+    rng = np.random.default_rng(3)
+    image = (rng.random((64, 48, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((64, 48), np.uint8)
+    mask[:, 24:] = 255
+    image.tofile(tmp_path / "image.rgb")
+    mask.tofile(tmp_path / "mask.l8")
+    pipe = Pipeline.load()
+    for extra, strength, kwargs in (
+        ([], "0.6", {"strength": 0.6}),
+        ([str(tmp_path / "mask.l8")], "0", {"mask_image": mask}),  # 0: the default strength
+    ):
+        out = tmp_path / "edited.bin"
+        args = [str(DEFAULT_BUNDLE), str(out), "a small blue square", "5",
+                str(tmp_path / "image.rgb"), "64", "48", strength, *extra]  # fmt: skip
+        result = _run(build, "edit", *args)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["64", "48"]
+        pixels = np.fromfile(out, dtype=np.uint8).reshape(1, 64, 48, 3)
+        expected = pipe("a small blue square", image=image, seed=5, output_type="np", **kwargs)
+        np.testing.assert_array_equal(pixels, to_uint8(expected))
+    image_path = str(tmp_path / "image.rgb")  # 3 bytes a pixel: no mask of this image
+    bad = _run(build, "edit", str(DEFAULT_BUNDLE), str(out), "a", "5", image_path, "64", "48",
+               "0", image_path)  # fmt: skip
+    assert bad.returncode == 1 and "status 1: the mask has" in bad.stderr
+
+
 def test_c_opens_a_distilled_bundle_with_its_tiny_decoder(build, student_bundle, tmp_path):
     out = tmp_path / "pixels.bin"
     result = _run(
@@ -159,4 +186,4 @@ def test_an_installed_package_is_found_by_find_package(build, tmp_path):
         result = subprocess.run(command, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     ran = subprocess.run([str(app / "build" / "app")], capture_output=True, text=True)
-    assert ran.stdout == "0.1.0 2"
+    assert ran.stdout == "0.1.0 3"

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -243,6 +244,33 @@ int time_it(char **argv) {
 
 }  // namespace
 
+// edit BUNDLE OUT PROMPT SEED IMAGE.rgb HEIGHT WIDTH STRENGTH [MASK.l8]: one edit through the C++
+// wrapper, its pixels written to OUT.
+int edit(int argc, char **argv) {
+    auto read = [](const char *path) {
+        std::ifstream in(path, std::ios::binary);
+        return std::vector<std::uint8_t>(std::istreambuf_iterator<char>(in), {});
+    };
+    int height = std::atoi(argv[7]), width = std::atoi(argv[8]);
+    edgediff::Request request;
+    request.prompt = argv[4];
+    request.seed = std::strtoull(argv[5], nullptr, 10);
+    request.image = edgediff::Image(width, height, read(argv[6]));
+    request.strength = float(std::atof(argv[9]));
+    if (argc > 10) request.mask = read(argv[10]);
+    try {
+        edgediff::Pipeline pipeline(argv[2]);
+        auto images = pipeline.generate(request);
+        std::ofstream(argv[3], std::ios::binary)
+            .write(reinterpret_cast<const char *>(images[0].data()), std::streamsize(images[0].size()));
+        std::cout << images[0].height() << " " << images[0].width() << "\n";
+    } catch (const edgediff::Error &e) {
+        std::cerr << "status " << e.status() << ": " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     std::string mode = argc > 1 ? argv[1] : "";
     if (mode == "pixels" && (argc == 8 || argc == 9)) return pixels(argc, argv);
@@ -250,6 +278,7 @@ int main(int argc, char **argv) {
     if (mode == "threads" && argc == 3) return threads(argv);
     if (mode == "time" && argc == 4) return time_it(argv);
     if (mode == "defaults" && argc == 3) return defaults(argv);
+    if (mode == "edit" && (argc == 10 || argc == 11)) return edit(argc, argv);
     std::cerr << "usage: see the top of tests/capi/capi_test.cpp\n";
     return 2;
 }
