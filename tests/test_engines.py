@@ -156,8 +156,10 @@ def test_qdq_models_build_strongly_typed_and_float_models_with_fp16():
         assert builder_flags(True, "fp8", BuildRequest(), toolkit) == {"strongly_typed": True}
 
 
-# The shipped bundle's engines, in plan order: both students and both decoders.
-SHIPPED_ENGINES = ["text_encoder", "unet", "vae_decoder", "unet.steps-1", "vae_decoder.tiny"]
+# The shipped bundle's engines, in plan order: both students, both decoders and the encoder.
+SHIPPED_ENGINES = [
+    "text_encoder", "unet", "vae_decoder", "vae_encoder", "unet.steps-1", "vae_decoder.tiny"
+]  # fmt: skip
 
 
 def test_int8_plan_uses_the_qdq_unets_and_float_models_elsewhere(bundle_dir):
@@ -168,6 +170,7 @@ def test_int8_plan_uses_the_qdq_unets_and_float_models_elsewhere(bundle_dir):
         "unet": ("unet/model.int8.onnx", {"strongly_typed": True}),
         "unet.steps-1": ("unet.steps-1/model.int8.onnx", {"strongly_typed": True}),
         "vae_decoder": ("vae_decoder/model.onnx", {"fp16": True}),
+        "vae_encoder": ("vae_encoder/model.onnx", {"fp16": True}),
         "vae_decoder.tiny": ("vae_decoder.tiny/model.onnx", {"fp16": True}),
     }
     assert [p.file for p in plans] == [f"engines/trt/{c}.int8.plan" for c in SHIPPED_ENGINES]
@@ -350,6 +353,7 @@ def test_rtx_plans_need_no_gpu_and_carry_their_targets(bundle_dir):
         "unet": "unet/model.int8.onnx",
         "unet.steps-1": "unet.steps-1/model.int8.onnx",
         "vae_decoder": "vae_decoder/model.onnx",
+        "vae_encoder": "vae_encoder/model.onnx",
         "vae_decoder.tiny": "vae_decoder.tiny/model.onnx",
     }
     made = bundle.model("text_encoder", "fp16")

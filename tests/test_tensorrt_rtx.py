@@ -74,7 +74,8 @@ def test_fp16_engines_build_from_an_fp32_only_bundle(tiny_bundle, tmp_path):
     root = _copy(tiny_bundle, tmp_path)
     output = _build(root, "--precision", "fp16", "--batch", "1:1:2")
     assert "making fp16 models for text_encoder, unet" in output
-    assert _outcomes(output) == dict.fromkeys(("text_encoder", "unet", "vae_decoder"), "built")
+    components = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+    assert _outcomes(output) == dict.fromkeys(components, "built")
     engines = _engines(root)
     bundle = Bundle.open(root)
     for component in ("text_encoder", "unet"):
@@ -85,6 +86,9 @@ def test_fp16_engines_build_from_an_fp32_only_bundle(tiny_bundle, tmp_path):
         assert _has_fp16_weights(root / made.file)
         assert engines[component].onnx == made.file
     assert engines["vae_decoder"].onnx == "vae_decoder/model.onnx"  # fp32 unless --fp16-vae
+    assert engines["vae_encoder"].onnx == "vae_encoder/model.onnx"
+    # The encoder takes pixels, one image per prompt: the size and batch asked, not latents.
+    assert engines["vae_encoder"].profile["sample"]["max"] == [2, 3, 64, 64]
     for engine in engines.values():
         assert (engine.flavour, engine.tensorrt_version) == ("rtx", f"rtx-{trt.__version__}")
         assert engine.targets == PORTABLE and engine.gpu_name is None
@@ -100,8 +104,10 @@ def test_fp16_engines_build_from_an_fp32_only_bundle(tiny_bundle, tmp_path):
         "text_encoder": "reused",
         "unet": "reused",
         "vae_decoder": "built",
+        "vae_encoder": "built",
     }
     assert _engines(root)["vae_decoder"].onnx == "vae_decoder/model.fp16.onnx"
+    assert _engines(root)["vae_encoder"].onnx == "vae_encoder/model.fp16.onnx"
 
 
 def test_int8_engines_rebuild_only_what_changed(tmp_path):

@@ -242,6 +242,9 @@ def builder_flags(is_qdq: bool, precision: str, request: BuildRequest, toolkit: 
     return flags
 
 
+VAE_KINDS = ("vae_decoder", "vae_encoder")
+
+
 def source_models(
     bundle: Bundle, request: BuildRequest, precision: str, toolkit: Toolkit
 ) -> dict[str, str]:
@@ -257,7 +260,7 @@ def source_models(
             chosen[component] = precision
         elif not toolkit.always_strongly_typed:
             chosen[component] = "fp16" if "fp16" in models else "fp32"
-        elif kind_of(component) == "vae_decoder" and not request.fp16_vae and "fp32" in models:
+        elif kind_of(component) in VAE_KINDS and not request.fp16_vae and "fp32" in models:
             chosen[component] = "fp32"  # fp16 VAEs overflow in some checkpoints; opt in
         else:
             chosen[component] = "fp16"

@@ -110,6 +110,8 @@ _DIMS: dict[str, dict[str, str]] = {
         "latent_height": "latent_height",
         "latent_width": "latent_width",
     },
+    # Image-to-image and inpainting encode one image per prompt, in pixels.
+    "vae_encoder": {"batch": "batch", "height": "pixel_height", "width": "pixel_width"},
 }
 PROFILED_KINDS = tuple(_DIMS)
 
@@ -125,7 +127,8 @@ Profile = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 
 def dim_spans(batch: Span, size: SizeRange, config: ModelConfig, static: bool) -> dict[str, Span]:
-    """The range of every kind of dim, in the graphs' units (latent pixels, CFG batch)."""
+    """The range of every kind of dim, in the graphs' units (latent or image pixels, CFG
+    batch)."""
     batch.check("batch")
     size.height.check("size", config.size_multiple)
     size.width.check("size", config.size_multiple)
@@ -135,6 +138,8 @@ def dim_spans(batch: Span, size: SizeRange, config: ModelConfig, static: bool) -
         "guided_batch": Span(batch.min, 2 * batch.opt, 2 * batch.max),
         "latent_height": Span(*(v // f for v in _values(size.height))),
         "latent_width": Span(*(v // f for v in _values(size.width))),
+        "pixel_height": size.height,
+        "pixel_width": size.width,
     }
     return {k: s.fixed() for k, s in spans.items()} if static else spans
 
