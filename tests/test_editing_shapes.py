@@ -58,3 +58,15 @@ def test_inpainting_moves_a_drawn_circle(drawn):
         )
     # Measured: 100 %.
     assert share_reading(evaluator, images, Attributes("red", "circle", "big", "right")) >= 0.9
+
+
+def test_int8_unets_edit_too(drawn):
+    _, evaluator, drawings = drawn
+    with Pipeline.load(precision="int8") as pipe:
+        assert pipe.model_files["unet"][0].endswith("int8.onnx")
+        images = [
+            pipe("a big blue circle on the left", image=d, strength=0.6, guidance_scale=8.0,
+                 seed=s)[0]
+            for s, d in enumerate(drawings[:32])
+        ]  # fmt: skip
+    assert share_reading(evaluator, images, Attributes("blue", "circle", "big", "left")) >= 0.8
