@@ -175,3 +175,54 @@ def test_generate_edits_an_image_file_and_records_its_hash(tmp_path):
     ):
         result = CliRunner().invoke(cli, [*args, "--force", *extra])
         assert result.exit_code == 1 and message in result.output, result.output
+
+
+@pytest.fixture(scope="module")
+def inpainting(checkpoints, tmp_path_factory):
+    """(diffusers inpaint pipeline, edgediff pipeline) of a random 9-channel inpainting U-Net
+    beside the tiny checkpoint's text encoder and VAE."""
+    import shutil
+
+    from edgediff.export import export_checkpoint
+
+    root = tmp_path_factory.mktemp("inpainting")
+    checkpoint = root / "checkpoint"
+    shutil.copytree(checkpoints["tiny"], checkpoint)
+    config = diffusers.UNet2DConditionModel.load_config(checkpoint / "unet")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel.from_config({**config, "in_channels": 9})
+    shutil.rmtree(checkpoint / "unet")
+    unet.save_pretrained(checkpoint / "unet")
+    export_checkpoint(checkpoint, root / "bundle", progress=False)
+    reference = diffusers.StableDiffusionInpaintPipeline.from_pretrained(checkpoint)
+    reference.scheduler = diffusers.DDIMScheduler.from_config(reference.scheduler.config)
+    reference.set_progress_bar_config(disable=True)
+    with Pipeline.load(root / "bundle") as pipe:
+        yield reference, pipe
+
+
+@pytest.mark.parametrize(("strength", "guidance"), CASES)
+def test_nine_channel_inpainting_equals_diffusers(inpainting, posterior_mean, strength, guidance):
+    reference, pipe = inpainting
+    assert pipe.config.inpainting and pipe.config.unet_in_channels == 9
+    image, mask = source_image(64, 64), half_mask(64, 64)
+    kwargs = dict(
+        num_inference_steps=4, guidance_scale=guidance, num_images_per_prompt=2,
+        height=64, width=64, strength=strength,
+    )  # fmt: skip
+    with torch.no_grad():
+        expected = reference(
+            PROMPTS, image=image, mask_image=mask, output_type="np",
+            generator=torch.Generator().manual_seed(9), **kwargs,
+        ).images  # fmt: skip
+    noise = noise_of(9, (4, 4, 16, 16))
+    actual = pipe(PROMPTS, image=image, mask_image=mask, latents=noise, **kwargs, output_type="np")
+    assert np.abs(actual - expected).max() <= PIPELINE_IMAGE_ATOL
+    assert actual.std() > 1e-3
+
+
+def test_an_inpainting_unet_needs_a_masked_image(inpainting):
+    _, pipe = inpainting
+    for kwargs in ({}, {"image": source_image(64, 64)}):
+        with pytest.raises(InputError, match="inpainting model"):
+            pipe("a red circle", **kwargs)

@@ -160,6 +160,19 @@ class ModelConfig:
     text_embed_dim: int
     # The U-Net halves the latent (levels - 1) times; graphs are traced for sizes it divides.
     unet_scale_factor: int = 1
+    # An inpainting U-Net's input channels: latents, mask and the masked image's latents
+    # (2 × latent + 1); None: a text-to-image U-Net, which takes the latents alone.
+    unet_in_channels: int | None = None
+
+    @property
+    def inpainting(self) -> bool:
+        """Whether the U-Net takes a mask and masked-image latents beside the latents."""
+        return self.unet_in_channels is not None and self.unet_in_channels != self.latent_channels
+
+    @property
+    def unet_sample_channels(self) -> int:
+        """Channels of the U-Net's `sample` input."""
+        return self.unet_in_channels or self.latent_channels
 
     @property
     def size_multiple(self) -> int:

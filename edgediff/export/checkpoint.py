@@ -121,11 +121,12 @@ def _check_supported(path: Path, configs: dict[str, dict[str, Any]]) -> None:
     vae = _with_defaults(AutoencoderKL, configs["vae"])
     text = CLIPTextConfig.from_dict(configs["text_encoder"])
     latent = vae["latent_channels"]
-    if unet["in_channels"] != latent:
+    if unet["in_channels"] not in (latent, 2 * latent + 1):
         raise ExportError(
             f"the U-Net of '{path}' takes {unet['in_channels']} input channels but the VAE makes "
-            f"{latent}-channel latents (an inpainting or depth model?)",
-            "Only text-to-image U-Nets, whose in_channels equal the latent channels, are supported",
+            f"{latent}-channel latents (a depth or other conditioned model?)",
+            f"Text-to-image U-Nets ({latent} channels) and inpainting ones ({2 * latent + 1}: "
+            "latents, mask, masked image) are supported",
         )
     if unet["out_channels"] != latent:
         raise ExportError(
@@ -237,6 +238,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         max_text_length=max_length,
         text_embed_dim=int(unet.cross_attention_dim),
         unet_scale_factor=unet_factor,
+        unet_in_channels=None if unet.in_channels == vae.latent_channels else unet.in_channels,
     )
     configs = {
         "unet": pipe.unet.to_json_string(),

@@ -221,7 +221,7 @@ def example_inputs(component: str, geo: ModelConfig) -> tuple[torch.Tensor, ...]
     if component in ("unet", "unet_guided"):
         f = geo.unet_scale_factor
         inputs = (
-            torch.randn(b, c, 3 * f, 5 * f),
+            torch.randn(b, geo.unet_sample_channels, 3 * f, 5 * f),
             torch.tensor([500.0]),
             torch.randn(b, geo.max_text_length, geo.text_embed_dim),
         )
@@ -249,7 +249,7 @@ def sample_inputs(
         return {"input_ids": np.asarray(input_ids, dtype=np.int64)}
     if component in ("unet", "unet_guided"):
         feeds = {
-            "sample": rng.standard_normal((batch, c, h, w), dtype=np.float32),
+            "sample": rng.standard_normal((batch, geo.unet_sample_channels, h, w), np.float32),
             "timestep": np.array([timestep], dtype=np.float32),
             "encoder_hidden_states": rng.standard_normal(
                 (batch, geo.max_text_length, geo.text_embed_dim), dtype=np.float32

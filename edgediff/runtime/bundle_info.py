@@ -111,6 +111,14 @@ def format_bundle(bundle: Bundle) -> str:
                     f"teacher {record.teacher_unet_sha256[:12]}, data {record.data}",
                 ]
             )
+    if cfg.inpainting:
+        facts.append(
+            [
+                "inpainting U-Net",
+                f"{cfg.unet_in_channels} input channels (latents, mask, masked image): needs "
+                "an image and a mask",
+            ]
+        )
     for lora in m.loras:
         facts.append(["LoRA fused", f"{lora.file} at {lora.scale:g} (sha256 {lora.sha256[:12]})"])
     if m.recommended_steps is not None:

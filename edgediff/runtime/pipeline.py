@@ -364,14 +364,20 @@ class Pipeline:
         guidance_scale: float,
         models: Models | None = None,
         steps: int | None = None,
+        conditioning: np.ndarray | None = None,
     ) -> Callable[[np.ndarray, int], np.ndarray]:
         """The guided U-Net of a `steps`-step generation as a function of (latents, timestep),
-        for a sampler to walk with."""
+        for a sampler to walk with. `conditioning` (an inpainting U-Net's mask and masked-image
+        latents, one per image) is concatenated to the latents on the channel axis."""
         run = (models or self.models_for(steps)).unet
 
         def noise_prediction(
             sample: np.ndarray, t: int, embeddings: np.ndarray, *guidance: np.ndarray
         ) -> np.ndarray:
+            if conditioning is not None:
+                # [x; x] under guidance: the same mask and masked image for both halves.
+                tiled = np.concatenate([conditioning] * (len(sample) // len(conditioning)))
+                sample = np.concatenate([sample, tiled], axis=1)
             feeds = {
                 "sample": sample,
                 "timestep": np.array([t], dtype=np.float32),
@@ -463,6 +469,11 @@ class Pipeline:
             height, width = source.images.shape[2:]
         elif strength is not None:
             raise InputError("strength applies to image-to-image", "Pass an image, or drop it")
+        if self.config.inpainting and mask_image is None:
+            raise InputError(
+                "this bundle's U-Net is an inpainting model: it repaints a masked image",
+                "Pass image and mask_image",
+            )
         height, width = self._check_size(latents, height, width)
         checks.fits_in_memory(
             len(prompts) * n,
@@ -488,18 +499,18 @@ class Pipeline:
 
         models = models or self.models_for(num_inference_steps)
         cond = self.encode(prompts, negatives, n, models)
-        skip, constraint = 0, None
+        skip, constraint, conditioning = 0, None, None
         if source is None:
             if latents is None:
                 x = self.initial_latents(len(prompts) * n, height, width, rng)
             else:
                 x = latents * np.float32(self.scheduler.init_noise_sigma)
         else:
-            x, skip, constraint = self._image_start(
+            x, skip, constraint, conditioning = self._image_start(
                 source, n, latents, rng, num_inference_steps, models
             )
         x = sample_ddim(
-            self.denoiser(cond, guidance_scale, models, num_inference_steps),
+            self.denoiser(cond, guidance_scale, models, num_inference_steps, conditioning),
             x,
             self.scheduler,
             num_inference_steps,
@@ -554,8 +565,9 @@ class Pipeline:
         rng: np.random.Generator,
         steps: int,
         models: Models,
-    ) -> tuple[np.ndarray, int, StepConstraint | None]:
-        """(starting latents, timesteps skipped, the inpainting blend or None)."""
+    ) -> tuple[np.ndarray, int, StepConstraint | None, np.ndarray | None]:
+        """(starting latents, timesteps skipped, the inpainting blend or None, an inpainting
+        U-Net's extra input channels or None)."""
         image_latents = np.repeat(self.encode_image(source.images, models), per_prompt, axis=0)
         if noise is None:
             noise = rng.standard_normal(image_latents.shape, dtype=np.float32)
@@ -567,10 +579,16 @@ class Pipeline:
         pure = source.mask is not None and source.strength == 1.0
         x = noised_start(self.scheduler, image_latents, noise, steps, source.start, pure)
         if source.mask is None:
-            return x, source.start, None
+            return x, source.start, None, None
         mask = np.repeat(latent_mask(source.mask, self.config.vae_scale_factor), per_prompt, 0)
+        if self.config.inpainting:
+            # The U-Net sees the mask and what is left of the image, as diffusers' 9-channel
+            # inpainting does: masked pixels are 0 (mid-grey) before encoding.
+            masked = self.encode_image(source.images * (source.mask < 0.5), models)
+            conditioning = np.concatenate([mask, np.repeat(masked, per_prompt, 0)], axis=1)
+            return x, source.start, None, conditioning
         blend = inpaint_blend(self.scheduler, mask, image_latents, noise, steps, source.start)
-        return x, source.start, blend
+        return x, source.start, blend, None
 
     def _check_embedded_guidance(
         self, negative_prompt: Any, guidance_scale: float, steps: int
