@@ -75,38 +75,62 @@ def reference_images(checkpoint, files_and_scales, latents) -> np.ndarray:
         ).images  # fmt: skip
 
 
-def test_bundles_with_one_and_two_loras_equal_diffusers(checkpoints, loras, tmp_path):
-    latents = np.random.default_rng(0).standard_normal((2, 4, 16, 16), dtype=np.float32)
-    for case in ([(loras["a"], 0.8)], [(loras["a"], 0.8), (loras["b"], 1.5)]):
-        bundle = tmp_path / f"bundle-{len(case)}"
-        args = [arg for path, scale in case for arg in ("--lora", f"{path}:{scale}")]
-        result = CliRunner().invoke(
-            cli,
-            [
-                "export",
-                str(checkpoints["tiny"]),
-                str(bundle),
-                *args,
-                "--no-verify",  # the images are compared with diffusers' below, a stricter check
-            ],
-        )
-        assert result.exit_code == 0, result.output
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        assert [(r["file"], r["scale"]) for r in manifest["loras"]] == [
-            (path.name, scale) for path, scale in case
-        ]
-        assert manifest["source"]["checkpoint"] == checkpoints["tiny"].name
-        with Pipeline.load(bundle) as pipe:
-            actual = pipe(
-                ["a red circle on the left", "a blue square"], latents=latents,
-                num_inference_steps=4, guidance_scale=5.0, output_type="np",
-            )  # fmt: skip
-        expected = reference_images(checkpoints["tiny"], case, latents)
-        assert np.abs(actual - expected).max() <= PIPELINE_IMAGE_ATOL
-        # The LoRAs changed the images (the test would pass vacuously otherwise).
-        assert np.abs(actual - reference_images(checkpoints["tiny"], [], latents)).max() > 0.01
-    info = CliRunner().invoke(cli, ["info", str(tmp_path / "bundle-2"), "--no-verify"])
+LATENTS = np.random.default_rng(0).standard_normal((2, 4, 16, 16), dtype=np.float32)
+
+
+def exported_images(checkpoint, bundle, loras_and_scales) -> np.ndarray:
+    """Export with --lora FILE:SCALE each, then generate from the bundle."""
+    args = [arg for path, scale in loras_and_scales for arg in ("--lora", f"{path}:{scale}")]
+    # --no-verify: the images are compared with diffusers' instead, a stricter check.
+    command = ["export", str(checkpoint), str(bundle), *args, "--no-verify"]
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 0, result.output
+    with Pipeline.load(bundle) as pipe:
+        return pipe(
+            ["a red circle on the left", "a blue square"], latents=LATENTS,
+            num_inference_steps=4, guidance_scale=5.0, output_type="np",
+        )  # fmt: skip
+
+
+def test_a_bundle_with_two_loras_equals_diffusers(checkpoints, loras, tmp_path):
+    case = [(loras["a"], 0.8), (loras["b"], 1.5)]
+    actual = exported_images(checkpoints["tiny"], tmp_path / "bundle", case)
+    expected = reference_images(checkpoints["tiny"], case, LATENTS)
+    assert np.abs(actual - expected).max() <= PIPELINE_IMAGE_ATOL
+    # The LoRAs changed the images (the test would pass vacuously otherwise).
+    assert np.abs(actual - reference_images(checkpoints["tiny"], [], LATENTS)).max() > 0.01
+    manifest = json.loads((tmp_path / "bundle/manifest.json").read_text())
+    assert [(r["file"], r["scale"]) for r in manifest["loras"]] == [
+        ("a.safetensors", 0.8),
+        ("b.safetensors", 1.5),
+    ]
+    assert manifest["source"]["checkpoint"] == checkpoints["tiny"].name
+    info = CliRunner().invoke(cli, ["info", str(tmp_path / "bundle"), "--no-verify"])
     assert "LoRA fused" in info.output and "a.safetensors at 0.8" in info.output
+
+
+def as_kohya(peft_file, out, alphas: dict[str, float]):
+    """The same LoRA in kohya/A1111 names (lora_unet_..., lora_te_..., .alpha)."""
+    from safetensors.torch import load_file, save_file
+
+    state = {}
+    for key, value in load_file(peft_file).items():
+        prefix, _, rest = key.partition(".")
+        module, _, kind = rest.rpartition(".lora_")
+        name = {"unet": "lora_unet_", "text_encoder": "lora_te_"}[prefix] + module.replace(".", "_")
+        state[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = value
+        state[f"{name}.alpha"] = torch.tensor(alphas[prefix])
+    save_file(state, out)
+    return out
+
+
+def test_a_kohya_lora_equals_its_peft_original(checkpoints, loras, tmp_path):
+    kohya = as_kohya(
+        loras["a"], tmp_path / "a-kohya.safetensors", {"unet": 2.0, "text_encoder": 4.0}
+    )
+    actual = exported_images(checkpoints["tiny"], tmp_path / "bundle", [(kohya, 0.8)])
+    expected = reference_images(checkpoints["tiny"], [(loras["a"], 0.8)], LATENTS)
+    assert np.abs(actual - expected).max() <= PIPELINE_IMAGE_ATOL
 
 
 def test_a_lora_for_another_base_is_refused_by_name(checkpoints, loras, tmp_path):

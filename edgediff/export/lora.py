@@ -22,12 +22,8 @@ from edgediff.errors import ExportError
 
 # An A1111 <lora:name:0.8> weight above this is a typo more often than a choice.
 MAX_LORA_SCALE = 10.0
-# The part of a converted LoRA key that follows the layer it adapts.
-_LORA_SUFFIX = re.compile(
-    r"\.(lora_A|lora_B|lora\.down|lora\.up|lora_linear_layer\.down|lora_linear_layer\.up)"
-    r"(\.[^.]+)?\.weight$"
-)
-_DOWN = ("lora_A", "lora.down", "lora_linear_layer.down")
+# What follows the layer a LoRA weight adapts, in PEFT's names (an adapter name may sit between).
+_LORA_SUFFIX = re.compile(r"\.(lora_A|lora_B)(\.[^.]+)?\.weight$")
 
 
 @dataclass(frozen=True)
@@ -77,30 +73,48 @@ def _layer_shape(module: Any) -> tuple[int, int] | None:
     return None
 
 
+def _peft_names(state_dict: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A LoRA's weights per model ("unet", "text_encoder"; anything else under its prefix), in
+    PEFT's names (`layer.lora_A.weight`), as diffusers renames them when it loads them."""
+    from diffusers.utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+
+    by_model: dict[str, dict[str, Any]] = {}
+    for key, weight in state_dict.items():
+        prefix, _, rest = key.partition(".")
+        by_model.setdefault(prefix, {})[rest] = weight
+    converters = {
+        "unet": convert_unet_state_dict_to_peft,
+        "text_encoder": convert_state_dict_to_peft,
+    }
+    for prefix, weights in by_model.items():
+        if prefix in converters and not all(_LORA_SUFFIX.search(k) for k in weights):
+            by_model[prefix] = converters[prefix](weights)
+    return by_model
+
+
 def mismatches(pipeline: Any, state_dict: dict[str, Any]) -> list[str]:
-    """The LoRA weights (diffusers' converted names) that name no layer of the pipeline's U-Net
-    or text encoder, or whose shape does not fit the layer they name."""
+    """The LoRA weights (in PEFT's names) that name no layer of the pipeline's U-Net or text
+    encoder, or whose shape does not fit the layer they name."""
     models = {"unet": pipeline.unet, "text_encoder": pipeline.text_encoder}
     bad = []
-    for key, weight in state_dict.items():
-        match = _LORA_SUFFIX.search(key)
-        prefix, _, rest = key.partition(".")
-        if match is None or prefix not in models:
-            bad.append(key)
-            continue
-        layer = rest[: match.start() - len(prefix) - 1]
-        try:
-            shape = _layer_shape(models[prefix].get_submodule(layer))
-        except AttributeError:
-            shape = None
-        if shape is None:
-            bad.append(key)
-            continue
-        features_in, features_out = shape
-        down = match.group(1) in _DOWN
-        fits = weight.shape[1] == features_in if down else weight.shape[0] == features_out
-        if not fits:
-            bad.append(f"{key} {tuple(weight.shape)}")
+    for prefix, weights in _peft_names(state_dict).items():
+        for key, weight in weights.items():
+            match = _LORA_SUFFIX.search(key)
+            if match is None or prefix not in models:
+                bad.append(f"{prefix}.{key}")
+                continue
+            try:
+                shape = _layer_shape(models[prefix].get_submodule(key[: match.start()]))
+            except AttributeError:
+                shape = None
+            if shape is None:
+                bad.append(f"{prefix}.{key}")
+                continue
+            features_in, features_out = shape
+            down = match.group(1) == "lora_A"
+            fits = weight.shape[1] == features_in if down else weight.shape[0] == features_out
+            if not fits:
+                bad.append(f"{prefix}.{key} {tuple(weight.shape)}")
     return bad
 
 
