@@ -20,20 +20,10 @@ from edgediff.errors import InputError
 
 def open_image(path: str | Path, name: str = "image") -> Any:
     """A PNG/JPEG/... file as a PIL image, or a one-line error naming `name`."""
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{name} '{path}' does not exist")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError) as e:
-        raise InputError(
-            f"{name} '{path}' is not an image Pillow can read ({type(e).__name__})",
-            "Pass a PNG or JPEG file",
-        ) from None
+    return image_from_bytes(path.read_bytes(), f"{name} '{path}'")
 
 
 def image_from_bytes(data: bytes, name: str = "image") -> Any:
@@ -46,6 +36,10 @@ def image_from_bytes(data: bytes, name: str = "image") -> Any:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             return image.copy()
+    except Image.DecompressionBombError:
+        raise InputError(
+            f"{name} has more pixels than Pillow will decode safely", "Send a smaller image"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise InputError(
             f"{name} is not an image Pillow can read ({type(e).__name__})", "Send a PNG or JPEG"

@@ -441,8 +441,9 @@ class Pipeline:
         `image` (a PIL image or an H×W×3 array; one, or one per prompt) makes it image-to-image
         as diffusers' StableDiffusionImg2ImgPipeline: the image's latents noised to the step
         `strength` selects (default: `default_strength`), then the remaining steps. `mask_image`
-        (white: repaint) makes it inpainting by latent blending: outside the mask every step
-        ends on the image's own latents, re-noised (default strength 1). With an image,
+        (white: repaint) makes it inpainting (default strength 1): by latent blending, where
+        outside the mask every step ends on the image's own latents re-noised, or, for a
+        bundle whose U-Net inpaints (9 channels), through the U-Net's mask inputs. With an image,
         `latents` is the noise added (default: drawn from the seed). The image is used at its
         size if that is a multiple of the size factor, else resized to `height` × `width`
         when given (`runtime.image_inputs`).
