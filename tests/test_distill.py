@@ -481,6 +481,7 @@ def test_engines_plan_every_unet_with_the_images_batch(student_bundle):
     plans = {p.component: p for p in plan_engines(Bundle.open(student_bundle), request, orin)}
     assert set(plans) == {
         "text_encoder", "unet", "unet.steps-2", "unet.steps-1", "vae_decoder", "vae_decoder.tiny",
+        "vae_encoder",
     }  # fmt: skip
     low, opt, high = plans["unet"].profile["sample"]  # the teacher runs [uncond; cond]
     assert (low[0], opt[0], high[0]) == (1, 4, 8)

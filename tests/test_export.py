@@ -305,7 +305,7 @@ def test_unusable_checkpoints_are_refused(checkpoints, tmp_path):
     unet_config = ckpt / "unet" / "config.json"
     original = unet_config.read_text()
     for change, message in [
-        ({"in_channels": 9}, "inpainting"),
+        ({"in_channels": 5}, "depth or other conditioned"),  # 9 (inpainting) exports
         ({"time_cond_proj_dim": 256}, "time_cond_proj_dim"),
         ({"addition_embed_type": "text_time"}, "addition_embed_type"),
     ]:
