@@ -92,23 +92,6 @@ def exported_images(checkpoint, bundle, loras_and_scales) -> np.ndarray:
         )  # fmt: skip
 
 
-def test_a_bundle_with_two_loras_equals_diffusers(checkpoints, loras, tmp_path):
-    case = [(loras["a"], 0.8), (loras["b"], 1.5)]
-    actual = exported_images(checkpoints["tiny"], tmp_path / "bundle", case)
-    expected = reference_images(checkpoints["tiny"], case, LATENTS)
-    assert np.abs(actual - expected).max() <= PIPELINE_IMAGE_ATOL
-    # The LoRAs changed the images (the test would pass vacuously otherwise).
-    assert np.abs(actual - reference_images(checkpoints["tiny"], [], LATENTS)).max() > 0.01
-    manifest = json.loads((tmp_path / "bundle/manifest.json").read_text())
-    assert [(r["file"], r["scale"]) for r in manifest["loras"]] == [
-        ("a.safetensors", 0.8),
-        ("b.safetensors", 1.5),
-    ]
-    assert manifest["source"]["checkpoint"] == checkpoints["tiny"].name
-    info = CliRunner().invoke(cli, ["info", str(tmp_path / "bundle"), "--no-verify"])
-    assert "LoRA fused" in info.output and "a.safetensors at 0.8" in info.output
-
-
 def as_kohya(peft_file, out, alphas: dict[str, float]):
     """The same LoRA in kohya/A1111 names (lora_unet_..., lora_te_..., .alpha)."""
     from safetensors.torch import load_file, save_file
@@ -124,13 +107,37 @@ def as_kohya(peft_file, out, alphas: dict[str, float]):
     return out
 
 
-def test_a_kohya_lora_equals_its_peft_original(checkpoints, loras, tmp_path):
-    kohya = as_kohya(
-        loras["a"], tmp_path / "a-kohya.safetensors", {"unet": 2.0, "text_encoder": 4.0}
+def test_a_bundle_with_two_loras_equals_diffusers(checkpoints, loras, tmp_path):
+    # LoRA a in kohya's names (make_lora's lora_alpha as kohya's alpha), b in PEFT's: one
+    # export covers both formats and the weighted sum of two.
+    kohya = as_kohya(loras["a"], tmp_path / "a.safetensors", {"unet": 2.0, "text_encoder": 4.0})
+    actual = exported_images(
+        checkpoints["tiny"], tmp_path / "bundle", [(kohya, 0.8), (loras["b"], 1.5)]
     )
-    actual = exported_images(checkpoints["tiny"], tmp_path / "bundle", [(kohya, 0.8)])
-    expected = reference_images(checkpoints["tiny"], [(loras["a"], 0.8)], LATENTS)
+    expected = reference_images(
+        checkpoints["tiny"], [(loras["a"], 0.8), (loras["b"], 1.5)], LATENTS
+    )
     assert np.abs(actual - expected).max() <= PIPELINE_IMAGE_ATOL
+    # The LoRAs changed the images (the test would pass vacuously otherwise).
+    assert np.abs(actual - reference_images(checkpoints["tiny"], [], LATENTS)).max() > 0.01
+    manifest = json.loads((tmp_path / "bundle/manifest.json").read_text())
+    assert [(r["file"], r["scale"]) for r in manifest["loras"]] == [
+        ("a.safetensors", 0.8),
+        ("b.safetensors", 1.5),
+    ]
+    assert manifest["source"]["checkpoint"] == checkpoints["tiny"].name
+    info = CliRunner().invoke(cli, ["info", str(tmp_path / "bundle"), "--no-verify"])
+    assert "LoRA fused" in info.output and "a.safetensors at 0.8" in info.output
+
+
+def test_one_lora_fuses_as_diffusers_fuses_it(checkpoints, loras, tmp_path):
+    # The export path is the two-LoRA test's; this checks the fusing of a single file cheaply.
+    from edgediff.export.lora import LoraSpec, fuse_into_copy
+
+    fused = fuse_into_copy(checkpoints["tiny"], [LoraSpec(loras["a"], 0.6)], tmp_path / "fused")
+    actual = reference_images(fused, [], LATENTS)
+    expected = reference_images(checkpoints["tiny"], [(loras["a"], 0.6)], LATENTS)
+    assert np.abs(actual - expected).max() <= 1e-5
 
 
 def test_a_lora_for_another_base_is_refused_by_name(checkpoints, loras, tmp_path):
