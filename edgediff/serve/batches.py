@@ -32,7 +32,6 @@ class Outcome:
     parameters: dict[str, Any] = field(default_factory=dict)  # the PNGs' record, less "index"
     call_images: int = 0  # images the pipeline call that made these made in all
     first_of_call: bool = False  # counts the call once when several requests shared it
-    seconds: float = 0.0  # the pipeline call's time
     error: str | None = None
     status: int = 200  # the HTTP status an error maps to
 
@@ -209,7 +208,6 @@ class BatchRunner:
             parameters=record,
             call_images=call_images,
             first_of_call=first,
-            seconds=self.pipeline.last_timings.total,
         )
 
 
