@@ -95,26 +95,32 @@ def test_img2img_equals_diffusers(loaded, posterior_mean, strength, guidance):
     assert actual.std() > 1e-3
 
 
-@pytest.mark.parametrize(("strength", "guidance"), CASES)
-def test_inpainting_by_blending_equals_diffusers(loaded, posterior_mean, strength, guidance):
-    _, inpaint, pipe = loaded
+def inpainted_both_ways(reference, pipe, strength: float, guidance: float, **extra):
+    """(edgediff's images, diffusers' images) of the right half of source_image repainted,
+    from the same noise; `extra` goes to edgediff's call."""
     image, mask = source_image(64, 64), half_mask(64, 64)
     kwargs = dict(
         num_inference_steps=4, guidance_scale=guidance, num_images_per_prompt=2,
         height=64, width=64, strength=strength,
     )  # fmt: skip
     with torch.no_grad():
-        expected = inpaint(
+        expected = reference(
             PROMPTS, image=image, mask_image=mask, output_type="np",
             generator=torch.Generator().manual_seed(9), **kwargs,
         ).images  # fmt: skip
     noise = noise_of(9, (4, 4, 16, 16))
-    actual = pipe(PROMPTS, image=image, mask_image=mask, latents=noise, **kwargs, output_type="np")
+    actual = pipe(PROMPTS, image=image, mask_image=mask, latents=noise, **{**kwargs, **extra})
+    return actual, expected
+
+
+@pytest.mark.parametrize(("strength", "guidance"), CASES)
+def test_inpainting_by_blending_equals_diffusers(loaded, posterior_mean, strength, guidance):
+    _, inpaint, pipe = loaded
+    actual, expected = inpainted_both_ways(inpaint, pipe, strength, guidance, output_type="np")
     assert np.abs(actual - expected).max() <= PIPELINE_IMAGE_ATOL
     # In latent space the kept half ends as the image's own latents in every image; the
     # masked half was repainted, differently per prompt and noise.
-    kwargs["output_type"] = "latent"
-    latents = pipe(PROMPTS, image=image, mask_image=mask, latents=noise, **kwargs)
+    latents, _ = inpainted_both_ways(inpaint, pipe, strength, guidance, output_type="latent")
     kept, repainted = latents[..., :8], latents[..., 8:]
     assert np.array_equal(kept, np.broadcast_to(kept[:1], kept.shape))
     assert np.abs(repainted - repainted[:1]).max() > 0.1
@@ -209,18 +215,7 @@ def inpainting(checkpoints, tmp_path_factory):
 def test_nine_channel_inpainting_equals_diffusers(inpainting, posterior_mean, strength, guidance):
     reference, pipe = inpainting
     assert pipe.config.inpainting and pipe.config.unet_in_channels == 9
-    image, mask = source_image(64, 64), half_mask(64, 64)
-    kwargs = dict(
-        num_inference_steps=4, guidance_scale=guidance, num_images_per_prompt=2,
-        height=64, width=64, strength=strength,
-    )  # fmt: skip
-    with torch.no_grad():
-        expected = reference(
-            PROMPTS, image=image, mask_image=mask, output_type="np",
-            generator=torch.Generator().manual_seed(9), **kwargs,
-        ).images  # fmt: skip
-    noise = noise_of(9, (4, 4, 16, 16))
-    actual = pipe(PROMPTS, image=image, mask_image=mask, latents=noise, **kwargs, output_type="np")
+    actual, expected = inpainted_both_ways(reference, pipe, strength, guidance, output_type="np")
     assert np.abs(actual - expected).max() <= PIPELINE_IMAGE_ATOL
     assert actual.std() > 1e-3
 
