@@ -2,9 +2,10 @@
 GenerationRequest; and their answers.
 
 OpenAI's Images API (`POST /v1/images/generations`) and AUTOMATIC1111's (`POST
-/sdapi/v1/txt2img`) are what existing clients already send. Fields edgediff cannot honour are
-refused by name rather than silently ignored, except A1111's many UI-only fields, which A1111
-itself ignores when absent from its model; those are reported back in `info`.
+/sdapi/v1/txt2img` and `/sdapi/v1/img2img`) are what existing clients already send. Fields
+edgediff cannot honour are refused by name rather than silently ignored, except A1111's many
+UI-only fields, which A1111 itself ignores when absent from its model; those are reported back
+in `info`.
 """
 
 from __future__ import annotations
