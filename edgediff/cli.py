@@ -403,7 +403,7 @@ def generate(
     the mask is white (inpainting).
     """
     from edgediff.runtime import Pipeline
-    from edgediff.runtime.image_inputs import file_sha256, open_image
+    from edgediff.runtime.image_inputs import open_image
     from edgediff.runtime.images import save_png
     from edgediff.runtime.request import GenerationRequest, SourceImage, output_paths
 
@@ -419,13 +419,9 @@ def generate(
         raise InputError("--strength applies to --image", "Pass --image, or drop --strength")
     source = None
     if image is not None:
-        source = SourceImage(
-            image=open_image(image, "--image"),
-            image_sha256=file_sha256(image),
-            mask=None if mask is None else open_image(mask, "--mask"),
-            mask_sha256=None if mask is None else file_sha256(mask),
-            strength=strength,
-        )
+        picture, picture_sha256 = open_image(image, "--image")
+        masking, mask_sha256 = (None, None) if mask is None else open_image(mask, "--mask")
+        source = SourceImage(picture, picture_sha256, masking, mask_sha256, strength)
     request = GenerationRequest(
         prompt,
         negative_prompt=negative,

@@ -160,8 +160,8 @@ def test_bad_editing_inputs_get_one_line_errors(loaded, kwargs, message):
 def test_generate_edits_an_image_file_and_records_its_hash(tmp_path):
     from click.testing import CliRunner
 
+    from edgediff.bundle.files import sha256_file
     from edgediff.cli import cli
-    from edgediff.runtime.image_inputs import file_sha256
     from edgediff.runtime.images import read_png_parameters
 
     source, mask = tmp_path / "source.png", tmp_path / "mask.png"
@@ -172,8 +172,8 @@ def test_generate_edits_an_image_file_and_records_its_hash(tmp_path):
     result = CliRunner().invoke(cli, [*args, "--image", str(source), "--mask", str(mask)])
     assert result.exit_code == 0, result.output
     record = read_png_parameters(out)
-    assert record["image_sha256"] == file_sha256(source)
-    assert record["mask_sha256"] == file_sha256(mask) and record["strength"] == 1.0
+    assert record["image_sha256"] == sha256_file(source)
+    assert record["mask_sha256"] == sha256_file(mask) and record["strength"] == 1.0
 
     (tmp_path / "notes.png").write_text("not a picture")
     for extra, message in (

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgediff.bundle.edit import BundleEdit, check_destination, create
+from edgediff.bundle.files import sha256_file
 from edgediff.bundle.schema import (
     COMPONENTS,
     DISTILLATION_FILE,
@@ -29,7 +30,7 @@ from edgediff.bundle.schema import (
 )
 from edgediff.bundle.typed_json import FieldError, decode
 from edgediff.errors import ExportError
-from edgediff.export.lora import LoraSpec, file_sha256
+from edgediff.export.lora import LoraSpec
 from edgediff.runtime.request_checks import MAX_GUIDANCE
 
 
@@ -335,7 +336,6 @@ def shares_text_encoder_and_vae(base: Path, other: Path) -> bool:
     tokenize alike (students of one distillation do), so one bundle can serve both U-Nets.
     save_pretrained writes its own bookkeeping into configs: keys starting with "_" and the
     loading flags are not compared."""
-    from edgediff.bundle.files import sha256_file
 
     def meaning(folder: Path) -> list:
         found: list = []
@@ -440,7 +440,7 @@ def export_checkpoint(
             "LoRAs are fused into the checkpoint's U-Net, not into distilled students",
             "Fuse them before distilling (export the fused teacher), or export without --lora",
         )
-    records = tuple(LoraRecord(x.path.name, file_sha256(x.path), x.scale) for x in loras)
+    records = tuple(LoraRecord(x.path.name, sha256_file(x.path), x.scale) for x in loras)
     with (
         create(bundle, "edgediff export", force) as tx,
         _fused(checkpoint, loras, bundle) as source,

@@ -9,7 +9,6 @@ refused with the names that did not match, rather than half applied.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import re
 import shutil
@@ -51,15 +50,6 @@ def parse_lora(text: str) -> LoraSpec:
     if not Path(path).is_file():
         raise ExportError(f"LoRA file '{path}' does not exist")
     return LoraSpec(Path(path), scale)
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a LoRA file, as the manifest records it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _layer_shape(module: Any) -> tuple[int, int] | None:

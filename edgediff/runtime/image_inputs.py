@@ -18,12 +18,14 @@ import numpy as np
 from edgediff.errors import InputError
 
 
-def open_image(path: str | Path, name: str = "image") -> Any:
-    """A PNG/JPEG/... file as a PIL image, or a one-line error naming `name`."""
+def open_image(path: str | Path, name: str = "image") -> tuple[Any, str]:
+    """A PNG/JPEG/... file as a PIL image and the sha256 of its bytes (what a PNG records of
+    its source), read once; or a one-line error naming `name`."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{name} '{path}' does not exist")
-    return image_from_bytes(path.read_bytes(), f"{name} '{path}'")
+    data = path.read_bytes()
+    return image_from_bytes(data, f"{name} '{path}'"), hashlib.sha256(data).hexdigest()
 
 
 def image_from_bytes(data: bytes, name: str = "image") -> Any:
@@ -44,11 +46,6 @@ def image_from_bytes(data: bytes, name: str = "image") -> Any:
         raise InputError(
             f"{name} is not an image Pillow can read ({type(e).__name__})", "Send a PNG or JPEG"
         ) from None
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's bytes (what a PNG records of its source image)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _as_pil(value: Any, name: str, mode: str) -> Any:
