@@ -547,10 +547,8 @@ class Pipeline:
             name: None if value is None else checks.integer(value, name, 1)
             for name, value in (("height", height), ("width", width))
         }
+        # A height or width that is not a multiple is refused by _check_size, as without image.
         m = self.config.size_multiple
-        for name, value in given.items():
-            if value is not None and value % m:
-                raise InputError(f"{name} {value} is not a positive multiple of {m}")
         images = image_array(image, count, given["height"], given["width"], m)
         mask = None
         if mask_image is not None:
