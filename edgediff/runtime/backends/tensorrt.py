@@ -251,6 +251,8 @@ class TrtBackend:
                 _REBUILD,
             )
         session = TrtSession(engine, self, self.cuda_graph)
+        # Memory "low" closes and reloads sessions every generation: forget the closed ones.
+        self._sessions = [s for s in self._sessions if s._context is not None]
         self._sessions.append(session)
         pointer, size = self._scratch
         if session.scratch_bytes > size:  # grow the shared block; every context moves to it

@@ -1,0 +1,120 @@
+"""Memory modes, and what a generation costs in each: estimated from weights and shapes.
+
+The estimate is a model fitted to measured peaks (resident set size, ORT CPU, fused attention,
+the session settings of backends.onnxruntime), not a bound: `benchmarks/memory_sd15.py`
+measures SD 1.5 sizes and a test holds it within 30 % of what the shipped model measures.
+Activations are counted in full-resolution feature maps of a component's widest first stage
+(the U-Net's and the VAE's block_out_channels[0]): a component's peak holds a fixed number of
+them whatever the image size, once attention no longer holds the N² scores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from edgediff.bundle.reader import Bundle
+from edgediff.bundle.schema import kind_of
+from edgediff.errors import InputError
+
+# fast: every session and what its runs allocated stays; balanced: sessions stay, each run's
+# activations go back after it; low: each component is loaded for its stage and released.
+MEMORY_MODES = ("low", "balanced", "fast")
+DEFAULT_MEMORY = "balanced"
+
+_FLOAT = 4
+# A process that imported the runtime and ONNX Runtime and loaded a tokenizer, before any model.
+BASE_BYTES = 92 * 2**20
+# Full-resolution feature maps alive at each kind's peak, fitted on SD 1.5 at 256² and 512².
+ACTIVATION_MAPS = {"unet": 80.0, "vae_decoder": 10.0, "vae_encoder": 8.0}
+# The text encoder's, in token embeddings (batch × tokens × width): a few MB.
+TEXT_ENCODER_MAPS = 50.0
+# A decoder without a diffusers config (the distilled tiny decoder): its first stage's width.
+_DEFAULT_WIDTH = 64
+
+
+def check_memory_mode(memory: object) -> str:
+    """`memory` if it names a mode, else a one-line error."""
+    if memory not in MEMORY_MODES:
+        raise InputError(
+            f"unknown memory mode {memory!r}", f"Use one of: {', '.join(MEMORY_MODES)}"
+        )
+    return memory  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What each component of one generation holds, in bytes: weights and peak activations."""
+
+    weights: dict[str, int]
+    activations: dict[str, int]
+
+    def peak(self, memory: str) -> int:
+        """Estimated peak resident bytes of the process in a memory mode."""
+        memory = check_memory_mode(memory)
+        if memory == "low":
+            return BASE_BYTES + max(self.weights[c] + self.activations[c] for c in self.weights)
+        kept = BASE_BYTES + sum(self.weights.values())
+        if memory == "balanced":
+            return kept + max(self.activations.values())
+        return kept + sum(self.activations.values())
+
+
+def estimate_memory(
+    bundle: Bundle,
+    files: dict[str, tuple[str, ...]],
+    images: int,
+    height: int,
+    width: int,
+    unet_batch: int,
+    vae_tile: int | None = None,
+) -> MemoryEstimate:
+    """The estimate of one generation of `images` images at height × width whose U-Net runs
+    on `unet_batch` latents a call (2× images under classifier-free guidance). `files` are the
+    bundle files each component loads; `vae_tile` the VAE's tile side in pixels when tiled."""
+    config = bundle.manifest.model
+    f = config.vae_scale_factor
+    vae_pixels = (
+        height * width if vae_tile is None else min(height, vae_tile) * min(width, vae_tile)
+    )
+    weights, activations = {}, {}
+    for component, component_files in files.items():
+        weights[component] = sum(bundle.manifest.files[rel].bytes for rel in component_files)
+        kind = kind_of(component)
+        if kind == "text_encoder":
+            tokens = config.max_text_length * config.text_embed_dim * _FLOAT
+            activations[component] = int(TEXT_ENCODER_MAPS * unet_batch * tokens)
+            continue
+        maps = ACTIVATION_MAPS[kind] * _first_width(bundle, component) * _FLOAT
+        if kind == "unet":
+            activations[component] = int(maps * unet_batch * (height // f) * (width // f))
+        else:
+            activations[component] = int(maps * images * vae_pixels)
+    return MemoryEstimate(weights, activations)
+
+
+def _first_width(bundle: Bundle, component: str) -> int:
+    """Channels of a component's first stage, from its diffusers config in the bundle."""
+    path = bundle.path(f"{component}/config.json")
+    if not path.is_file():
+        return _DEFAULT_WIDTH
+    try:
+        return int(json.loads(path.read_text())["block_out_channels"][0])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return _DEFAULT_WIDTH
+
+
+def available_bytes() -> float:
+    """Memory the system can give this process now (MemAvailable); inf where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
