@@ -1188,6 +1188,65 @@ def distill(
     click.echo(f"next: edgediff export {out_dir} BUNDLE_DIR (every student, and the tiny decoder)")
 
 
+@cli.group(cls=_Group)
+def cache() -> None:
+    """Bundle files already verified: loads skip hashing them.
+
+    Loading a bundle checks every model file's sha256 against manifest.json, so a changed or
+    corrupted file is refused before it is used; for Stable Diffusion sizes that is gigabytes
+    to hash on every load. A file that matched is remembered with its identity (path, device,
+    inode, size, modification and change times); while all of them are unchanged and the
+    manifest asks for the same sha256, the file is trusted without hashing. Rewriting a file
+    sets its change time, which only root can set back, so a changed file is hashed again and
+    refused if it differs.
+
+    The cache is verified.json in $EDGEDIFF_CACHE_DIR (default: $XDG_CACHE_HOME/edgediff or
+    ~/.cache/edgediff). EDGEDIFF_VERIFY_CACHE=0 turns it off: every load hashes every file.
+    """
+
+
+@cache.command("info")
+def cache_info() -> None:
+    """Show where the cache is and what it holds.
+
+    Prints the cache file's path, whether loads use it, how many files it vouches for and its
+    size on disk.
+    """
+    from edgediff.bundle.verified import cache_info as read_info
+
+    info = read_info()
+    click.echo(f"cache: {info.path}")
+    if not info.enabled:
+        click.echo("in use: no (EDGEDIFF_VERIFY_CACHE=0 or Windows): every load hashes every file")
+    if not info.exists:
+        click.echo("entries: 0 (no cache yet: the next verified load writes it)")
+        return
+    note = "" if info.usable else " (unreadable or corrupt: ignored, rewritten by the next load)"
+    click.echo(f"entries: {info.entries} files verified{note}")
+    click.echo(f"size: {_kilobytes(info.bytes)}")
+
+
+@cache.command("clear")
+def cache_clear() -> None:
+    """Delete the cache; loads hash every file again.
+
+    Says which file it removed and how many entries it held. The next load of each bundle
+    hashes all its files, and remembers those that match.
+    """
+    from edgediff.bundle.verified import clear_cache
+
+    info = clear_cache()
+    if not info.exists:
+        click.echo(f"nothing to remove: {info.path} does not exist")
+        return
+    size = _kilobytes(info.bytes)
+    click.echo(f"removed {info.path} ({info.entries} files verified, {size})")
+
+
+def _kilobytes(size: int) -> str:
+    return f"{size / 1000:.1f} kB"
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="edgediff")

@@ -4,11 +4,30 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 TEST_PRESETS = ("tiny", "tiny-v")
+
+_USER_CACHE_DIR = os.environ.get("EDGEDIFF_CACHE_DIR")
+_RUN_CACHE_DIR = tempfile.mkdtemp(prefix="edgediff-test-cache-")
+
+
+def pytest_configure(config) -> None:
+    """Each test run verifies bundles through its own, empty cache of verified files (subprocesses
+    inherit it): it never reads or writes the user's, and no earlier run vouches for a file."""
+    os.environ["EDGEDIFF_CACHE_DIR"] = _RUN_CACHE_DIR
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(_RUN_CACHE_DIR, ignore_errors=True)
+    if _USER_CACHE_DIR is None:
+        os.environ.pop("EDGEDIFF_CACHE_DIR", None)
+    else:
+        os.environ["EDGEDIFF_CACHE_DIR"] = _USER_CACHE_DIR
+
 
 try:
     from hypothesis import settings

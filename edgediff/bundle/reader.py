@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edgediff.bundle.files import sha256_file
 from edgediff.bundle.flavours import title_of
 from edgediff.bundle.schema import (
     FORMAT,
@@ -27,6 +26,7 @@ from edgediff.bundle.schema import (
     steps_variant,
 )
 from edgediff.bundle.typed_json import FieldError, decode
+from edgediff.bundle.verified import verified_files
 from edgediff.errors import BundleError
 
 # ---------------------------------------------------------------- parsing (strict, with paths)
@@ -243,20 +243,24 @@ class Bundle:
         return self.root / rel
 
     def verify(self, paths: list[str] | None = None) -> None:
-        """Check sha256 of the given files (default: all); raise naming the first that differs."""
-        for rel in self.manifest.files if paths is None else paths:
-            record = self.manifest.files.get(rel)
-            if record is None:
-                raise BundleError(f"'{rel}' is not listed in manifest.json", _REEXPORT)
-            path = self.root / rel
-            if not path.is_file():
-                raise BundleError(f"bundle file '{rel}' is missing", self._fix_for(rel))
-            if sha256_file(path) != record.sha256:
-                raise BundleError(
-                    f"bundle file '{rel}' does not match its sha256 in manifest.json "
-                    "(changed or corrupted)",
-                    self._fix_for(rel),
-                )
+        """Check sha256 of the given files (default: all); raise naming the first that differs.
+
+        A file unchanged since it last matched (edgediff.bundle.verified) is not hashed again.
+        """
+        with verified_files() as cache:
+            for rel in self.manifest.files if paths is None else paths:
+                record = self.manifest.files.get(rel)
+                if record is None:
+                    raise BundleError(f"'{rel}' is not listed in manifest.json", _REEXPORT)
+                path = self.root / rel
+                if not path.is_file():
+                    raise BundleError(f"bundle file '{rel}' is missing", self._fix_for(rel))
+                if not cache.matches(path, record.sha256):
+                    raise BundleError(
+                        f"bundle file '{rel}' does not match its sha256 in manifest.json "
+                        "(changed or corrupted)",
+                        self._fix_for(rel),
+                    )
 
     def _fix_for(self, rel: str) -> str:
         """How to restore a bad file: rebuild it if it is an engine, re-export otherwise."""
