@@ -15,6 +15,7 @@ from edgediff import __version__
 from edgediff.bundle.schema import PRECISIONS
 from edgediff.errors import EdgediffError, InputError
 from edgediff.runtime.backends import DEFAULT_BACKEND
+from edgediff.runtime.memory import DEFAULT_MEMORY, MEMORY_MODES
 from edgediff.runtime.request import (
     DECODERS,
     DEFAULT_COUNT,
@@ -81,6 +82,42 @@ def decoder_option(function: _F) -> _F:
         default=DEFAULT_DECODER,
         show_default=True,
         help="The VAE's decoder, or the bundle's tiny one (from `edgediff distill`; faster).",
+    )(function)
+
+
+class _MemoryOption(click.Option):
+    """--memory, whose help ends with what each mode costs the shipped model (estimated when
+    the help is shown, so other commands pay nothing for it)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        try:
+            from edgediff.runtime import Pipeline
+
+            with Pipeline.load(memory="low", verify=False) as pipe:
+                size = pipe.config.default_image_size
+                estimate = pipe.memory_estimate(1, size, size)
+                costs = ", ".join(
+                    f"{m} ~{estimate.peak(m) / 2**20:.0f} MB" for m in MEMORY_MODES
+                )
+        except EdgediffError:  # no shipped model, or no backend installed
+            return record
+        return record[0], f"{record[1]} Shipped model at {size}×{size}: {costs}."
+
+
+def memory_option(function: _F) -> _F:
+    """--memory: how much of the model stays loaded between the stages of a generation."""
+    return click.option(
+        "--memory",
+        cls=_MemoryOption,
+        type=click.Choice(MEMORY_MODES),
+        default=DEFAULT_MEMORY,
+        show_default=True,
+        help="fast keeps every model and its working memory; balanced keeps the models and "
+        "frees working memory after each model call; low loads each model for its stage and "
+        "releases it (slowest, smallest). `edgediff info BUNDLE` estimates each for a bundle.",
     )(function)
 
 
@@ -369,6 +406,14 @@ MAX_COUNT = 4096
 @backend_option
 @precision_option
 @decoder_option
+@memory_option
+@click.option(
+    "--vae-tiling/--no-vae-tiling",
+    default=None,
+    help="Decode (and encode --image) in overlapping tiles, which bounds the VAE's memory at "
+    "any size (default: only when decoding the whole image would not fit in the memory "
+    "available).",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -396,6 +441,8 @@ def generate(
     image,
     mask,
     strength,
+    memory,
+    vae_tiling,
 ) -> None:
     """Generate images for PROMPT and write them as PNG (parameters in a PNG text chunk).
 
@@ -434,10 +481,11 @@ def generate(
         count=count,
         source=source,
     ).with_seed()
-    with Pipeline.load(bundle, backend=backend, precision=precision, decoder=decoder) as pipe:
+    load = dict(backend=backend, precision=precision, decoder=decoder, memory=memory)
+    with Pipeline.load(bundle, **load) as pipe:
         steps = request.steps or pipe.default_steps
         guidance = pipe.guidance_for(steps) if request.guidance is None else request.guidance
-        images = pipe(**request.pipeline_arguments(), progress=True)
+        images = pipe(**request.pipeline_arguments(), vae_tiling=vae_tiling, progress=True)
         seconds = pipe.last_timings.total
         root = pipe.bundle.root
     record = request.provenance(
@@ -465,13 +513,18 @@ def info(bundle_dir, no_verify) -> None:
     BUNDLE_DIR defaults to the model shipped with edgediff.
     """
     from edgediff.bundle.reader import Bundle
-    from edgediff.runtime.bundle_info import format_bundle
+    from edgediff.runtime import Pipeline
+    from edgediff.runtime.bundle_info import format_bundle, format_memory
     from edgediff.runtime.pipeline import default_bundle
 
     bundle = Bundle.open(default_bundle() if bundle_dir is None else bundle_dir)
     if not no_verify:
         bundle.verify()
     click.echo(format_bundle(bundle))
+    # Mode "low" loads no model, so this reads only the manifest and configs.
+    with Pipeline.load(bundle, memory="low", verify=False) as pipe:
+        size = bundle.manifest.model.default_image_size
+        click.echo("\n" + format_memory(pipe, (size, 2 * size, 4 * size)))
     if not no_verify:
         click.echo(f"all {len(bundle.manifest.files)} files match their sha256")
 

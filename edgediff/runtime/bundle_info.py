@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from edgediff.bundle.flavours import describe
 from edgediff.bundle.reader import Bundle
 from edgediff.bundle.schema import EngineEntry, ModelEntry, TensorSpec, kind_of
+from edgediff.runtime.memory import MEMORY_MODES
+
+if TYPE_CHECKING:
+    from edgediff.runtime.pipeline import Pipeline
 
 
 def _table(header: list[str] | None, rows: list[list[str]]) -> str:
@@ -161,3 +167,25 @@ def format_bundle(bundle: Bundle) -> str:
             )
         )
     return "\n\n".join(parts)
+
+
+def format_memory(pipe: Pipeline, sizes: tuple[int, ...]) -> str:
+    """Estimated peak memory of one image in each memory mode at square `sizes`, with the
+    VAE tiled where the pipeline would tile it (runtime.memory)."""
+    steps = pipe.default_steps
+    guidance = pipe.guidance_for(steps)
+    rows = []
+    for memory in MEMORY_MODES:
+        pipe.memory = memory
+        cells = [memory]
+        for size in sizes:
+            tiled = pipe.needs_vae_tiling(1, size, size, guidance, steps)
+            peak = pipe.memory_estimate(1, size, size, guidance, steps, tiled).peak(memory)
+            cells.append(_size(peak) + (" (VAE tiled)" if tiled else ""))
+        rows.append(cells)
+    header = ["memory mode", *(f"{s}×{s}" for s in sizes)]
+    note = (
+        f"estimated peak memory of one image, {steps} steps, guidance {guidance:g} "
+        "(ONNX Runtime on the CPU; `generate --memory`)"
+    )
+    return note + "\n" + _table(header, rows)

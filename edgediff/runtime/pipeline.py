@@ -28,6 +28,13 @@ from edgediff.runtime.editing import inpaint_blend, noised_start, strength_start
 from edgediff.runtime.guidance import cfg_denoiser, embedded_denoiser, is_guided
 from edgediff.runtime.image_inputs import image_array, latent_mask, mask_array
 from edgediff.runtime.images import to_images, to_pil
+from edgediff.runtime.memory import (
+    DEFAULT_MEMORY,
+    MemoryEstimate,
+    available_bytes,
+    check_memory_mode,
+    estimate_memory,
+)
 from edgediff.runtime.request import (
     DECODERS,
     DEFAULT_COUNT,
@@ -41,6 +48,7 @@ from edgediff.runtime.samplers import StepConstraint, sample_ddim
 from edgediff.runtime.schedulers import DDIMScheduler
 from edgediff.runtime.tensorrt_flavours import installed_flavours
 from edgediff.runtime.tokenizer import PromptTokenizer
+from edgediff.runtime.vae_tiling import DEFAULT_TILE, decode_tiled, encode_tiled
 
 _log = logging.getLogger(__name__)
 
@@ -112,6 +120,9 @@ def default_bundle() -> Path:
     return DEFAULT_BUNDLE
 
 
+# Auto VAE tiling leaves this share of the memory available for the rest of the process.
+_TILING_HEADROOM = 0.8
+
 # feeds by input name -> outputs by output name: one call of a component's model.
 ModelCall = Callable[..., dict[str, np.ndarray]]
 
@@ -155,6 +166,7 @@ class Pipeline:
         scheduler: DDIMScheduler,
         backend: Backend,
         owns_backend: bool = False,
+        memory: str = DEFAULT_MEMORY,
     ):
         self.bundle = bundle
         self.sessions = sessions
@@ -170,6 +182,7 @@ class Pipeline:
         self._precision: str | None = None
         self._verify = True
         self.decoder = "vae_decoder"  # the decoder component: "vae_decoder" or TINY_DECODER
+        self.memory = check_memory_mode(memory)
 
     @classmethod
     def load(
@@ -180,6 +193,7 @@ class Pipeline:
         verify: bool = True,
         decoder: str = DEFAULT_DECODER,
         backend_options: dict[str, Any] | None = None,
+        memory: str = DEFAULT_MEMORY,
     ) -> Pipeline:
         """Open a bundle (the shipped default if None), check its hashes, load each component.
 
@@ -188,7 +202,11 @@ class Pipeline:
         backend it picks the engines `edgediff build` made (None: the only set built).
         `decoder` "tiny" decodes with the bundle's tiny decoder (edgediff distill) instead of
         the VAE's. `backend_options` go to the backend `backend` names (e.g. ort-* `threads`).
+        `memory` (runtime.memory): "fast" keeps every model and what its runs allocated,
+        "balanced" keeps the models and frees each run's activations, "low" loads each model
+        for its stage of a generation and releases it after (slower: every call loads them).
         """
+        memory = check_memory_mode(memory)
         if not isinstance(bundle, Bundle):
             bundle = Bundle.open(default_bundle() if bundle is None else bundle)
         manifest = bundle.manifest
@@ -205,6 +223,8 @@ class Pipeline:
         owns_backend = isinstance(backend, str)
         if isinstance(backend, str):
             options = {**_backend_options(backend, bundle), **(backend_options or {})}
+            if backend.startswith("ort-"):
+                options.setdefault("memory", memory)
             backend = get_backend(backend, **options)
         elif backend_options:
             raise InputError("backend_options apply to a backend named, not to a Backend object")
@@ -216,15 +236,17 @@ class Pipeline:
             models = {n: _model(bundle, backend, n, precision) for n in names}
             if verify:
                 bundle.verify([f for m in models.values() for f in m[2]])
+            # "low" loads each model when its stage runs (a bad model fails then, not here).
             for name, (file, model_precision, _) in models.items():
-                sessions[name] = backend.load(bundle.path(file), model_precision)
+                if memory != "low":
+                    sessions[name] = backend.load(bundle.path(file), model_precision)
         except BaseException:
             for session in sessions.values():
                 session.close()
             if owns_backend:
                 backend.close()
             raise
-        pipeline = cls(bundle, sessions, tokenizer, scheduler, backend, owns_backend)
+        pipeline = cls(bundle, sessions, tokenizer, scheduler, backend, owns_backend, memory)
         pipeline.model_files = {name: files for name, (_, _, files) in models.items()}
         pipeline._precision, pipeline._verify = precision, verify
         pipeline.decoder = decoder_component
@@ -277,6 +299,25 @@ class Pipeline:
             self.model_files[component] = files
         return self.sessions[component]
 
+    def release(self, *components: str) -> None:
+        """Close the sessions of `components` (they load again when next needed)."""
+        for component in components:
+            session = self.sessions.pop(component, None)
+            if session is not None:
+                session.close()
+
+    def _stage_done(self, *components: str) -> None:
+        """End of a generation's stage: memory "low" releases the models it ran."""
+        if self.memory == "low":
+            self.release(*components)
+
+    def _files(self, component: str) -> tuple[str, ...]:
+        """The bundle files `component` loads from, without loading it."""
+        if component not in self.model_files:
+            files = _model(self.bundle, self.backend, component, self._precision)[2]
+            self.model_files[component] = files
+        return self.model_files[component]
+
     def _timed(self, component: str) -> ModelCall:
         kind = kind_of(component)
 
@@ -325,8 +366,7 @@ class Pipeline:
     def distillation_for(self, steps: int | None) -> DistillationRecord | None:
         """What the U-Net of a `steps`-step generation was distilled for (None: not distilled)."""
         component = self.unet_for(steps)
-        self.session(component)
-        source = self.model_files[component][0]
+        source = self._files(component)[0]
         # An engine names the ONNX model it was built from, which holds the record.
         source = {e.file: e.onnx for e in self.bundle.manifest.engines}.get(source, source)
         for entry in self.bundle.manifest.components[component].models.values():
@@ -336,7 +376,11 @@ class Pipeline:
 
     def guidance_embedded_for(self, steps: int | None) -> bool:
         """Whether that U-Net was guidance-distilled: it takes w and runs once on batch N."""
-        return "guidance" in self.session(self.unet_for(steps)).input_names
+        component = self.unet_for(steps)
+        if component in self.sessions:
+            return "guidance" in self.sessions[component].input_names
+        # Not loaded ("low" memory, or a variant not run yet): the bundle's record says.
+        return self.bundle.guidance_embedded(component)
 
     @property
     def guidance_embedded(self) -> bool:
@@ -391,21 +435,34 @@ class Pipeline:
             return embedded_denoiser(noise_prediction, cond, guidance_scale)
         return cfg_denoiser(noise_prediction, cond, guidance_scale)
 
-    def encode_image(self, images: np.ndarray, models: Models | None = None) -> np.ndarray:
+    def encode_image(
+        self, images: np.ndarray, models: Models | None = None, tiled: bool = False
+    ) -> np.ndarray:
         """Images N×3×H×W in [-1, 1] -> latents, scaled: the mean of the VAE's posterior.
 
         diffusers samples the posterior with its generator; its spread is far below what the
         added noise brings, and the mean keeps an image's latents independent of the seed.
+        `tiled` encodes in overlapping tiles (runtime.vae_tiling): memory bounded at any size.
         """
         run = (models or self.models).vae_encoder or self._timed("vae_encoder")
-        parameters = run(sample=images.astype(np.float32))["latent_parameters"]
+        images = images.astype(np.float32)
+        if tiled:
+            encode = lambda x: run(sample=x)["latent_parameters"]  # noqa: E731
+            parameters = encode_tiled(encode, images, self.config.vae_scale_factor)
+        else:
+            parameters = run(sample=images)["latent_parameters"]
         mean = parameters[:, : self.config.latent_channels].astype(np.float32)
         return mean * np.float32(self.config.scaling_factor)
 
-    def decode(self, latents: np.ndarray, models: Models | None = None) -> np.ndarray:
-        """Latents -> float images NHWC in [0, 1]."""
+    def decode(
+        self, latents: np.ndarray, models: Models | None = None, tiled: bool = False
+    ) -> np.ndarray:
+        """Latents -> float images NHWC in [0, 1]; `tiled` decodes in overlapping tiles."""
         z = latents / np.float32(self.config.scaling_factor)
         run = (models or self.models).vae_decoder
+        if tiled:
+            decode = lambda x: run(latent_sample=x)["sample"]  # noqa: E731
+            return to_images(decode_tiled(decode, z, self.config.vae_scale_factor))
         return to_images(run(latent_sample=z)["sample"])
 
     # ------------------------------------------------------------ the call
@@ -429,6 +486,7 @@ class Pipeline:
         image: Any = None,
         mask_image: Any = None,
         strength: float | None = None,
+        vae_tiling: bool | None = None,
     ) -> Any:
         """Generate images. Returns PIL images, float32 N×H×W×3 in [0, 1] ("np") or latents.
 
@@ -447,6 +505,10 @@ class Pipeline:
         `latents` is the noise added (default: drawn from the seed). The image is used at its
         size if that is a multiple of the size factor, else resized to `height` × `width`
         when given (`runtime.image_inputs`).
+
+        `vae_tiling` True decodes (and encodes the image) in overlapping tiles, False never;
+        None (default) tiles when `needs_vae_tiling` says the whole image would not fit in the
+        memory available.
         """
         prompts = checks.prompts(prompt, "prompt")
         n = checks.integer(num_images_per_prompt, "num_images_per_prompt", 1)
@@ -460,6 +522,8 @@ class Pipeline:
         guidance_scale = checks.real(guidance_scale, "guidance_scale", 0.0, checks.MAX_GUIDANCE)
         eta = checks.real(eta, "eta", 0.0, 1.0)
         seed = checks.seed(seed)
+        if vae_tiling not in (None, True, False):
+            raise InputError(f"vae_tiling must be True, False or None, got {vae_tiling!r}")
         latents = checks.latents(latents, self.config.latent_channels)
         _check_outputs_and_hooks(output_type, callback, models)
         source = None
@@ -497,9 +561,43 @@ class Pipeline:
         self.last_timings = Timings()
         start = time.perf_counter()
         rng = np.random.default_rng(seed)
+        if vae_tiling is None:
+            vae_tiling = self.needs_vae_tiling(
+                len(prompts) * n, height, width, guidance_scale, num_inference_steps
+            )
+        try:
+            result = self._generate(
+                prompts, negatives, n, num_inference_steps, guidance_scale, eta, height, width,
+                latents, source, rng, output_type, callback, progress, models, vae_tiling,
+            )  # fmt: skip
+        finally:
+            self._stage_done(*list(self.sessions))  # "low": nothing stays loaded, even on error
+        self.last_timings.total = time.perf_counter() - start
+        return to_pil(result) if output_type == "pil" else result
 
-        models = models or self.models_for(num_inference_steps)
+    def _generate(
+        self,
+        prompts: list[str],
+        negatives: list[str] | None,
+        n: int,
+        steps: int,
+        guidance_scale: float,
+        eta: float,
+        height: int,
+        width: int,
+        latents: np.ndarray | None,
+        source: _Source | None,
+        rng: np.random.Generator,
+        output_type: str,
+        callback: Callable[[int, int, np.ndarray], Any] | None,
+        progress: bool,
+        models: Models | None,
+        vae_tiling: bool,
+    ) -> np.ndarray:
+        """The stages of a checked call: encode the text (and image), denoise, decode."""
+        models = models or self.models_for(steps)
         cond = self.encode(prompts, negatives, n, models)
+        self._stage_done("text_encoder")
         skip, constraint, conditioning = 0, None, None
         if source is None:
             if latents is None:
@@ -508,13 +606,14 @@ class Pipeline:
                 x = latents * np.float32(self.scheduler.init_noise_sigma)
         else:
             x, skip, constraint, conditioning = self._image_start(
-                source, n, latents, rng, num_inference_steps, models
+                source, n, latents, rng, steps, models, vae_tiling
             )
+            self._stage_done("vae_encoder")
         x = sample_ddim(
-            self.denoiser(cond, guidance_scale, models, num_inference_steps, conditioning),
+            self.denoiser(cond, guidance_scale, models, steps, conditioning),
             x,
             self.scheduler,
-            num_inference_steps,
+            steps,
             eta=eta,
             rng=rng,
             callback=callback,
@@ -522,9 +621,8 @@ class Pipeline:
             start=skip,
             constraint=constraint,
         )
-        result = x if output_type == "latent" else self.decode(x, models)
-        self.last_timings.total = time.perf_counter() - start
-        return to_pil(result) if output_type == "pil" else result
+        self._stage_done(self.unet_for(steps))
+        return x if output_type == "latent" else self.decode(x, models, vae_tiling)
 
     def _source(
         self,
@@ -564,10 +662,12 @@ class Pipeline:
         rng: np.random.Generator,
         steps: int,
         models: Models,
+        tiled: bool = False,
     ) -> tuple[np.ndarray, int, StepConstraint | None, np.ndarray | None]:
         """(starting latents, timesteps skipped, the inpainting blend or None, an inpainting
         U-Net's extra input channels or None)."""
-        image_latents = np.repeat(self.encode_image(source.images, models), per_prompt, axis=0)
+        image_latents = self.encode_image(source.images, models, tiled)
+        image_latents = np.repeat(image_latents, per_prompt, axis=0)
         if noise is None:
             noise = rng.standard_normal(image_latents.shape, dtype=np.float32)
         elif noise.shape != image_latents.shape:
@@ -583,11 +683,43 @@ class Pipeline:
         if self.config.inpainting:
             # The U-Net sees the mask and what is left of the image, as diffusers' 9-channel
             # inpainting does: masked pixels are 0 (mid-grey) before encoding.
-            masked = self.encode_image(source.images * (source.mask < 0.5), models)
+            masked = self.encode_image(source.images * (source.mask < 0.5), models, tiled)
             conditioning = np.concatenate([mask, np.repeat(masked, per_prompt, 0)], axis=1)
             return x, source.start, None, conditioning
         blend = inpaint_blend(self.scheduler, mask, image_latents, noise, steps, source.start)
         return x, source.start, blend, None
+
+    def memory_estimate(
+        self,
+        images: int = DEFAULT_COUNT,
+        height: int | None = None,
+        width: int | None = None,
+        guidance_scale: float | None = None,
+        steps: int | None = None,
+        vae_tiling: bool = False,
+    ) -> MemoryEstimate:
+        """Estimated weights and activations of a generation's models (runtime.memory);
+        `.peak(mode)` is the process's estimated peak in a memory mode."""
+        steps = steps or self.default_steps
+        if guidance_scale is None:
+            guidance_scale = self.guidance_for(steps)
+        size = self.config.default_image_size
+        unet = self.unet_for(steps)
+        guided = is_guided(guidance_scale) and not self.guidance_embedded_for(steps)
+        files = {c: self._files(c) for c in ("text_encoder", unet, self.decoder)}
+        tile = DEFAULT_TILE * self.config.vae_scale_factor if vae_tiling else None
+        return estimate_memory(
+            self.bundle, files, images, height or size, width or size, images * (1 + guided), tile
+        )
+
+    def needs_vae_tiling(
+        self, images: int, height: int, width: int, guidance_scale: float, steps: int
+    ) -> bool:
+        """Whether to decode in tiles: when decoding the whole image would need more than
+        the memory available now (MemAvailable, less headroom). Tiles are not bitwise the
+        whole image (runtime.vae_tiling measures how far), so they are used only when needed."""
+        whole = self.memory_estimate(images, height, width, guidance_scale, steps)
+        return whole.activations[self.decoder] > _TILING_HEADROOM * available_bytes()
 
     def _check_embedded_guidance(
         self, negative_prompt: Any, guidance_scale: float, steps: int

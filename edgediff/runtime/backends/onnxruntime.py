@@ -19,6 +19,7 @@ import numpy as np
 from edgediff.bundle.schema import QUANTIZED_PRECISIONS
 from edgediff.errors import BackendError
 from edgediff.runtime.backends.base import unchanged
+from edgediff.runtime.backends.heap import release_freed_heap
 from edgediff.runtime.memory import DEFAULT_MEMORY, check_memory_mode
 
 _log = logging.getLogger(__name__)
@@ -67,9 +68,11 @@ def _ort_errors() -> Iterator[None]:
 class OrtSession:
     """An onnxruntime.InferenceSession that casts feeds to the dtypes the model declares."""
 
-    def __init__(self, session: Any, run_options: Any = None):
+    def __init__(self, session: Any, run_options: Any = None, trim: bool = False):
         self._session = session
         self._run_options = run_options
+        # Memory modes that free a run's activations: hand the freed heap to the OS too.
+        self._trim = trim
         self.input_names = tuple(i.name for i in session.get_inputs())
         self.output_names = tuple(o.name for o in session.get_outputs())
         self._input_dtypes = {i.name: _ORT_TYPES.get(i.type) for i in session.get_inputs()}
@@ -85,6 +88,8 @@ class OrtSession:
         session = self._live()
         with _ort_errors():
             outputs = session.run(None, self._cast(feeds), self._run_options)
+        if self._trim:
+            release_freed_heap()
         return dict(zip(self.output_names, outputs, strict=True))
 
     def _live(self) -> Any:
@@ -95,6 +100,7 @@ class OrtSession:
     def close(self) -> None:
         """Release the ONNX Runtime session (its weights and arenas)."""
         self._session = None
+        release_freed_heap()
 
 
 class BoundOrtSession(OrtSession):
@@ -105,8 +111,15 @@ class BoundOrtSession(OrtSession):
     them, runs, and copies the outputs back. Fixed addresses are what CUDA-graph replay needs.
     """
 
-    def __init__(self, session: Any, device: str, device_id: int = 0, run_options: Any = None):
-        super().__init__(session, run_options)
+    def __init__(
+        self,
+        session: Any,
+        device: str,
+        device_id: int = 0,
+        run_options: Any = None,
+        trim: bool = False,
+    ):
+        super().__init__(session, run_options, trim)
         self._ort = _import_onnxruntime()
         self._device = (device, device_id)
         self._binding = session.io_binding()
@@ -130,6 +143,8 @@ class BoundOrtSession(OrtSession):
         self._held = feeds
         with _ort_errors():
             self._live().run_with_iobinding(self._binding, self._run_options)
+        if self._trim:
+            release_freed_heap()
         if self._outputs is None:  # first call at these shapes: keep what ORT allocated
             self._outputs = self._binding.get_outputs()
             for name, value in zip(self.output_names, self._outputs, strict=True):
@@ -250,12 +265,14 @@ class OrtBackend:
                     f"ONNX Runtime could not load '{model_path}': {str(e).splitlines()[0]}",
                     "Re-export the bundle with `edgediff export CHECKPOINT BUNDLE --force`",
                 ) from None
-        run_options = run_options_for(ort, self.memory, self.name)
+        release_freed_heap()  # the parsed model file
+        run_options = run_options_for(ort, self.memory, self.name, self.device_id)
+        trim = self.memory != "fast"
         if not self.io_binding:
-            loaded = OrtSession(session, run_options)
+            loaded = OrtSession(session, run_options, trim)
         else:
             device = "cpu" if self.name == "ort-cpu" else "cuda"
-            loaded = BoundOrtSession(session, device, self.device_id, run_options)
+            loaded = BoundOrtSession(session, device, self.device_id, run_options, trim)
         # Memory "low" closes and reloads sessions every generation: forget the closed ones.
         self._sessions = [s for s in self._sessions if s._session is not None]
         self._sessions.append(loaded)
@@ -275,11 +292,18 @@ _EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 def session_options(ort: Any, memory: str, threads: int | None, spin: bool | None) -> Any:
     """SessionOptions for one memory mode; each setting below was chosen by measurement.
 
-    Measured on SD 1.5 sizes (random weights), ORT 1.32, 2 threads, AVX-512 CPU, U-Net on
-    batch 2 at 64×64 latents (a 512² image with guidance):
+    Measured on SD 1.5 sizes (random weights), ORT 1.32, 2 threads, AVX-512 CPU; the U-Net on
+    batch 2 at 64×64 latents (a 512² image with guidance), the VAE decoder on one 64×64 latent:
+    * attention fused (ort_attention), every mode: U-Net peak 6.5 -> 4.1 GiB, 11.0 -> 8.3 s.
     * memory pattern off, every mode. ORT's planner otherwise reserves one block for a run's
-      whole peak: 9.1 GiB against 6.5 GiB without it, 4.1–4.4 s a call either way, and its
-      second call took 8.5–9.3 s. The VAE decoder: 2.8–2.9 GiB against 1.7 GiB.
+      whole peak: U-Net 9.15 against 6.5 GiB, 16.6–18.0 s against 11.0–15.3 s a call. VAE
+      decoder: 2.8–2.9 GiB against 1.7 GiB.
+    * the arena stays on in every mode, and outside "fast" it is shrunk after each run
+      (run_options_for). Without it the VAE decoder peaked 0.25 GiB lower at SD 1.5 sizes but
+      ran ~20 % slower, and the shipped model peaked 40 % higher (365 against 259 MiB at 512²):
+      glibc then keeps the freed activations, which only a fixed mmap threshold (slower again)
+      avoided.
+    * graph optimisation level ALL: EXTENDED gave the VAE decoder the same peak.
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -291,14 +315,14 @@ def session_options(ort: Any, memory: str, threads: int | None, spin: bool | Non
     return options
 
 
-def run_options_for(ort: Any, memory: str, name: str) -> Any:
-    """RunOptions for a memory mode: all but "fast" hand the arena's activations back after
-    each run, so a pipeline holds weights between its calls, not a component's peak."""
+def run_options_for(ort: Any, memory: str, name: str, device_id: int) -> Any:
+    """RunOptions for a memory mode: outside "fast" the arenas hand a run's activations back
+    after it, so a pipeline holds its weights between calls, not every component's peak."""
     if memory == "fast":
         return None
+    arenas = "cpu:0" if name == "ort-cpu" else f"cpu:0;gpu:{device_id}"
     options = ort.RunOptions()
-    device = "cpu:0" if name == "ort-cpu" else "cpu:0;gpu:0"
-    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", device)
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)
     return options
 
 
