@@ -255,3 +255,15 @@ def test_cpu_target_quantises_activations_as_uint8(tmp_path):
     assert entry.quantization.psnr_db >= QUANT_TARGET_PSNR_DB
     with pytest.raises(InputError, match="--target cpu is for int8"):
         settings_for("fp8", "cpu")
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_attention_stays_float_and_fuses_at_load(quantized, precision):
+    """Attention's activation products get no Q/DQ, so the ORT backend fuses every attention."""
+    from edgediff.runtime.backends.onnx_proto import load_model
+    from edgediff.runtime.backends.ort_attention import fuse_attention
+
+    model = load_model(quantized.path(quantized.model("unet", precision).file).read_bytes())
+    softmaxes = sum(n.op_type == "Softmax" for n in model.graph.node)
+    assert softmaxes > 0
+    assert fuse_attention(model) == softmaxes
