@@ -16,6 +16,7 @@ import numpy as np
 
 # AttributeProto.AttributeType values, TensorProto.DataType -> numpy.
 ATTRIBUTE_FLOAT, ATTRIBUTE_INT, ATTRIBUTE_INTS = 1, 2, 7
+ATTRIBUTE_STRING, ATTRIBUTE_GRAPH = 3, 5
 _NUMPY = {1: np.float32, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float64}
 _TYPED_FIELD = {1: "float_data", 6: "int32_data", 7: "int64_data", 11: "double_data"}
 
@@ -40,7 +41,9 @@ _SCHEMA: dict[str, list[tuple[str, int, str, bool, str | None]]] = {
         ("name", 1, "string", False, None),
         ("f", 2, "float", False, None),
         ("i", 3, "int64", False, None),
+        ("s", 4, "bytes", False, None),
         ("t", 5, "message", False, "TensorProto"),
+        ("g", 6, "message", False, "GraphProto"),
         ("ints", 8, "int64", True, None),
         ("type", 20, "int32", False, None),
     ],
@@ -52,10 +55,25 @@ _SCHEMA: dict[str, list[tuple[str, int, str, bool, str | None]]] = {
         ("attribute", 5, "message", True, "AttributeProto"),
         ("domain", 7, "string", False, None),
     ],
-    "ValueInfoProto": [("name", 1, "string", False, None)],
+    "ValueInfoProto": [
+        ("name", 1, "string", False, None),
+        ("type", 2, "message", False, "TypeProto"),
+    ],
+    "TypeProto": [("tensor_type", 1, "message", False, "TypeProtoTensor")],
+    "TypeProtoTensor": [  # TypeProto.Tensor
+        ("elem_type", 1, "int32", False, None),
+        ("shape", 2, "message", False, "TensorShapeProto"),
+    ],
+    "TensorShapeProto": [("dim", 1, "message", True, "TensorShapeProtoDimension")],
+    "TensorShapeProtoDimension": [  # TensorShapeProto.Dimension
+        ("dim_value", 1, "int64", False, None),
+        ("dim_param", 2, "string", False, None),
+    ],
     "GraphProto": [
         ("node", 1, "message", True, "NodeProto"),
+        ("name", 2, "string", False, None),
         ("initializer", 5, "message", True, "TensorProto"),
+        ("input", 11, "message", True, "ValueInfoProto"),
         ("output", 12, "message", True, "ValueInfoProto"),
     ],
     "OperatorSetIdProto": [
@@ -148,3 +166,49 @@ def tensor_value(tensor: Any) -> np.ndarray | None:
     if typed is None:
         return None
     return np.array(getattr(tensor, typed), dtype=dtype).reshape(shape)
+
+
+# numpy -> TensorProto.DataType, for the tensors a rewrite adds.
+_DATA_TYPE = {np.dtype(dtype): code for code, dtype in _NUMPY.items()}
+
+
+def make_tensor(name: str, value: np.ndarray) -> Any:
+    """A TensorProto holding `value` (float32, float16, float64, int32 or int64) inline."""
+    value = np.asarray(value)  # not ascontiguousarray: it makes a scalar 1-D; tobytes is C order
+    return _messages()["TensorProto"](
+        name=name,
+        dims=value.shape,
+        data_type=_DATA_TYPE[value.dtype],
+        raw_data=value.astype(value.dtype.newbyteorder("<"), copy=False).tobytes(),
+    )
+
+
+def make_value_info(name: str, data_type: int, dims: list[int | str] | None) -> Any:
+    """A ValueInfoProto of a tensor: its element type and dims (ints, or names of symbolic
+    dims; None: a shape left unsaid)."""
+    info = _messages()["ValueInfoProto"](name=name)
+    tensor = info.type.tensor_type
+    tensor.elem_type = data_type
+    if dims is None:
+        return info
+    tensor.shape.SetInParent()  # a scalar still has a (dimensionless) shape
+    for dim in dims:
+        if isinstance(dim, str):
+            tensor.shape.dim.add(dim_param=dim)
+        else:
+            tensor.shape.dim.add(dim_value=dim)
+    return info
+
+
+def set_string(node: Any, name: str, value: str) -> None:
+    """Add a string attribute to a node."""
+    node.attribute.add(name=name, s=value.encode(), type=ATTRIBUTE_STRING)
+
+
+def set_graph(node: Any, name: str, nodes: list, outputs: list) -> None:
+    """Add a graph attribute (an If branch): its nodes and output ValueInfoProtos; it reads
+    the enclosing graph's values by name."""
+    attribute = node.attribute.add(name=name, type=ATTRIBUTE_GRAPH)
+    attribute.g.name = f"{node.name}/{name}"
+    attribute.g.node.extend(nodes)
+    attribute.g.output.extend(outputs)

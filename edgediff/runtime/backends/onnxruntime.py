@@ -278,6 +278,56 @@ class OrtBackend:
         self._sessions.append(loaded)
         return loaded
 
+    def load_with_norm_statistics(self, model_path: Path, precision: str = "fp32") -> OrtSession:
+        """A session of a VAE whose GroupNorms take and report statistics (ort_groupnorm), for
+        tiles that share the whole image's (vae_tiling.decode_tiled_synced)."""
+        from edgediff.runtime.backends.onnx_proto import load_model
+        from edgediff.runtime.backends.ort_attention import fuse_attention
+        from edgediff.runtime.backends.ort_groupnorm import add_norm_statistics
+
+        ort = _import_onnxruntime()
+        model_path = Path(model_path)
+        try:
+            model = load_model(model_path.read_bytes())
+            if self.fuse_attention:
+                fuse_attention(model)
+            rewritten = add_norm_statistics(model)
+        except (OSError, ValueError) as e:  # ValueError: a graph the rewrite does not know
+            raise BackendError(
+                f"cannot add GroupNorm statistics to '{model_path}': {e}",
+                "Decode with plain tiles (vae_tiling.decode_tiled) instead",
+            ) from None
+        if not rewritten:
+            raise BackendError(
+                f"'{model_path}' has no GroupNorm to share statistics of",
+                "Plain tiles (vae_tiling.decode_tiled) are exact for it already",
+            )
+        options = session_options(ort, self.memory, self.threads, self.spin)
+        options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, str(model_path.parent))
+        # ORT warns once per added input that it also has an initializer (its default), which
+        # is the point: errors only.
+        options.log_severity_level = 3
+        providers = [
+            (p, provider_options(p, precision, self.cuda_graph, self.cache_dir, self.device_id))
+            for p in self.providers
+        ]
+        try:
+            session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        except Exception as e:  # ORT raises its own exception types for unreadable models
+            raise BackendError(
+                f"ONNX Runtime could not load '{model_path}' with GroupNorm statistics: "
+                f"{str(e).splitlines()[0]}",
+                "Decode with plain tiles (vae_tiling.decode_tiled) instead",
+            ) from None
+        release_freed_heap()  # the parsed model
+        run_options = run_options_for(ort, self.memory, self.name, self.device_id)
+        # Never IO-bound: ORT lists only inputs without defaults, so a BoundOrtSession would
+        # bind the image alone and drop the statistics fed with it.
+        loaded = OrtSession(session, run_options)
+        self._sessions = [s for s in self._sessions if s._session is not None]
+        self._sessions.append(loaded)
+        return loaded
+
     def close(self) -> None:
         """Release every session this backend loaded."""
         for session in self._sessions:
