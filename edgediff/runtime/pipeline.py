@@ -21,7 +21,7 @@ from edgediff.bundle.schema import (
     ModelEntry,
     kind_of,
 )
-from edgediff.errors import BundleError, InputError
+from edgediff.errors import BackendError, BundleError, InputError
 from edgediff.runtime import request_checks as checks
 from edgediff.runtime.backends import DEFAULT_BACKEND, Backend, Session, get_backend
 from edgediff.runtime.editing import inpaint_blend, noised_start, strength_start
@@ -48,7 +48,13 @@ from edgediff.runtime.samplers import StepConstraint, sample_ddim
 from edgediff.runtime.schedulers import DDIMScheduler
 from edgediff.runtime.tensorrt_flavours import installed_flavours
 from edgediff.runtime.tokenizer import PromptTokenizer
-from edgediff.runtime.vae_tiling import DEFAULT_TILE, decode_tiled, encode_tiled
+from edgediff.runtime.vae_tiling import (
+    DEFAULT_TILE,
+    decode_tiled,
+    decode_tiled_synced,
+    encode_tiled,
+    encode_tiled_synced,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -122,6 +128,9 @@ def default_bundle() -> Path:
 
 # Auto VAE tiling leaves this share of the memory available for the rest of the process.
 _TILING_HEADROOM = 0.8
+
+# Where a VAE component's session for tiles (its GroupNorm statistics shared) is kept.
+_TILED = "{}+tiles"
 
 # feeds by input name -> outputs by output name: one call of a component's model.
 ModelCall = Callable[..., dict[str, np.ndarray]]
@@ -309,7 +318,7 @@ class Pipeline:
     def _stage_done(self, *components: str) -> None:
         """End of a generation's stage: memory "low" releases the models it ran."""
         if self.memory == "low":
-            self.release(*components)
+            self.release(*components, *(_TILED.format(c) for c in components))
 
     def _files(self, component: str) -> tuple[str, ...]:
         """The bundle files `component` loads from, without loading it."""
@@ -446,9 +455,14 @@ class Pipeline:
         """
         run = (models or self.models).vae_encoder or self._timed("vae_encoder")
         images = images.astype(np.float32)
+        f = self.config.vae_scale_factor
         if tiled:
-            encode = lambda x: run(sample=x)["latent_parameters"]  # noqa: E731
-            parameters = encode_tiled(encode, images, self.config.vae_scale_factor)
+            synced = self._tile_session("vae_encoder")
+            if synced is not None:
+                parameters = encode_tiled_synced(synced, images, f)
+            else:
+                encode = lambda x: run(sample=x)["latent_parameters"]  # noqa: E731
+                parameters = encode_tiled(encode, images, f)
         else:
             parameters = run(sample=images)["latent_parameters"]
         mean = parameters[:, : self.config.latent_channels].astype(np.float32)
@@ -461,9 +475,44 @@ class Pipeline:
         z = latents / np.float32(self.config.scaling_factor)
         run = (models or self.models).vae_decoder
         if tiled:
+            f = self.config.vae_scale_factor
+            synced = self._tile_session(self.decoder)
+            if synced is not None:
+                return to_images(decode_tiled_synced(synced, z, f))
             decode = lambda x: run(latent_sample=x)["sample"]  # noqa: E731
-            return to_images(decode_tiled(decode, z, self.config.vae_scale_factor))
+            return to_images(decode_tiled(decode, z, f))
         return to_images(run(latent_sample=z)["sample"])
+
+    def _tile_session(self, component: str) -> ModelCall | None:
+        """`component` loaded so that tiles share the whole image's GroupNorm statistics
+        (ONNX Runtime; vae_tiling measures why), timed like the others; None where the
+        backend cannot (TensorRT) or the model has no GroupNorm (tiles are exact then)."""
+        load = getattr(self.backend, "load_with_norm_statistics", None)
+        key = _TILED.format(component)
+        if load is None:
+            return None
+        if key not in self.sessions:
+            file, precision, files = _model(self.bundle, self.backend, component, self._precision)
+            if self._verify:
+                self.bundle.verify(list(files))
+            try:
+                session = load(self.bundle.path(file), precision)
+            except BackendError as e:
+                _log.warning("%s: decoding in plain tiles instead", e)
+                return None
+            # The whole-image session is not needed while tiles run: release it here.
+            if self.memory != "fast":
+                self.release(component)
+            self.sessions[key] = session
+        session, kind = self.sessions[key], kind_of(component)
+
+        def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            start = time.perf_counter()
+            out = session.run(feeds)
+            self.last_timings.add(kind, time.perf_counter() - start)
+            return out
+
+        return run
 
     # ------------------------------------------------------------ the call
 

@@ -68,11 +68,9 @@ def _ort_errors() -> Iterator[None]:
 class OrtSession:
     """An onnxruntime.InferenceSession that casts feeds to the dtypes the model declares."""
 
-    def __init__(self, session: Any, run_options: Any = None, trim: bool = False):
+    def __init__(self, session: Any, run_options: Any = None):
         self._session = session
         self._run_options = run_options
-        # Memory modes that free a run's activations: hand the freed heap to the OS too.
-        self._trim = trim
         self.input_names = tuple(i.name for i in session.get_inputs())
         self.output_names = tuple(o.name for o in session.get_outputs())
         self._input_dtypes = {i.name: _ORT_TYPES.get(i.type) for i in session.get_inputs()}
@@ -88,8 +86,6 @@ class OrtSession:
         session = self._live()
         with _ort_errors():
             outputs = session.run(None, self._cast(feeds), self._run_options)
-        if self._trim:
-            release_freed_heap()
         return dict(zip(self.output_names, outputs, strict=True))
 
     def _live(self) -> Any:
@@ -117,9 +113,8 @@ class BoundOrtSession(OrtSession):
         device: str,
         device_id: int = 0,
         run_options: Any = None,
-        trim: bool = False,
     ):
-        super().__init__(session, run_options, trim)
+        super().__init__(session, run_options)
         self._ort = _import_onnxruntime()
         self._device = (device, device_id)
         self._binding = session.io_binding()
@@ -143,8 +138,6 @@ class BoundOrtSession(OrtSession):
         self._held = feeds
         with _ort_errors():
             self._live().run_with_iobinding(self._binding, self._run_options)
-        if self._trim:
-            release_freed_heap()
         if self._outputs is None:  # first call at these shapes: keep what ORT allocated
             self._outputs = self._binding.get_outputs()
             for name, value in zip(self.output_names, self._outputs, strict=True):
@@ -267,12 +260,11 @@ class OrtBackend:
                 ) from None
         release_freed_heap()  # the parsed model file
         run_options = run_options_for(ort, self.memory, self.name, self.device_id)
-        trim = self.memory != "fast"
         if not self.io_binding:
-            loaded = OrtSession(session, run_options, trim)
+            loaded = OrtSession(session, run_options)
         else:
             device = "cpu" if self.name == "ort-cpu" else "cuda"
-            loaded = BoundOrtSession(session, device, self.device_id, run_options, trim)
+            loaded = BoundOrtSession(session, device, self.device_id, run_options)
         # Memory "low" closes and reloads sessions every generation: forget the closed ones.
         self._sessions = [s for s in self._sessions if s._session is not None]
         self._sessions.append(loaded)
