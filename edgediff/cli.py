@@ -99,9 +99,7 @@ class _MemoryOption(click.Option):
             with Pipeline.load(memory="low", verify=False) as pipe:
                 size = pipe.config.default_image_size
                 estimate = pipe.memory_estimate(1, size, size)
-                costs = ", ".join(
-                    f"{m} ~{estimate.peak(m) / 2**20:.0f} MB" for m in MEMORY_MODES
-                )
+                costs = ", ".join(f"{m} ~{estimate.peak(m) / 2**20:.0f} MB" for m in MEMORY_MODES)
         except EdgediffError:  # no shipped model, or no backend installed
             return record
         return record[0], f"{record[1]} Shipped model at {size}×{size}: {costs}."
