@@ -114,7 +114,7 @@ def main() -> None:
     """Measure every row and print the table (and its JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgediff-sd15"))
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024])
     parser.add_argument("--decode-size", type=int, default=2048)
     parser.add_argument(
         "--decode-passes",
