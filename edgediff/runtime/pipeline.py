@@ -192,6 +192,7 @@ class Pipeline:
         self._verify = True
         self.decoder = "vae_decoder"  # the decoder component: "vae_decoder" or TINY_DECODER
         self.memory = check_memory_mode(memory)
+        self._plain_tiles: set[str] = set()  # VAE components tiled without shared statistics
 
     @classmethod
     def load(
@@ -489,7 +490,15 @@ class Pipeline:
         backend cannot (TensorRT) or the model has no GroupNorm (tiles are exact then)."""
         load = getattr(self.backend, "load_with_norm_statistics", None)
         key = _TILED.format(component)
+        if component in self._plain_tiles:
+            return None
         if load is None:
+            _log.warning(
+                "the %s backend cannot share GroupNorm statistics across tiles: %s decodes "
+                "in plain tiles, whose colours may shift from tile to tile",
+                self.backend.name, component,
+            )  # fmt: skip
+            self._plain_tiles.add(component)
             return None
         if key not in self.sessions:
             file, precision, files = _model(self.bundle, self.backend, component, self._precision)
@@ -498,7 +507,8 @@ class Pipeline:
             try:
                 session = load(self.bundle.path(file), precision)
             except BackendError as e:
-                _log.warning("%s: decoding in plain tiles instead", e)
+                _log.warning("%s: %s runs in plain tiles", e, component)
+                self._plain_tiles.add(component)
                 return None
             # The whole-image session is not needed while tiles run: release it here.
             if self.memory != "fast":
