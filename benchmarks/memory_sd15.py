@@ -54,12 +54,17 @@ def child_edgediff(spec: dict) -> dict:
     size, steps, guidance = spec["size"], spec["steps"], spec["guidance"]
     start = time.perf_counter()
     if spec.get("decode_only"):
-        from edgediff.runtime.vae_tiling import decode_tiled_synced
+        from edgediff.runtime.vae_tiling import decode_tiled, decode_tiled_synced
 
         model = pipe.bundle.path(pipe.bundle.model(pipe.decoder).file)
-        session = pipe.backend.load_with_norm_statistics(model)
         z = _latents(size) / pipe.config.scaling_factor
-        decode_tiled_synced(session.run, z, pipe.config.vae_scale_factor, passes=spec["passes"])
+        f = pipe.config.vae_scale_factor
+        if spec["passes"] == 1:  # plain tiles: the same memory, one pass
+            session = pipe.backend.load(model)
+            decode_tiled(lambda x: session.run({"latent_sample": x})["sample"], z, f)
+        else:
+            session = pipe.backend.load_with_norm_statistics(model)
+            decode_tiled_synced(session.run, z, f, passes=spec["passes"])
         tiled = True
         estimate = pipe.memory_estimate(1, size, size, guidance, steps, vae_tiling=True)
         decoder = estimate.weights[pipe.decoder] + estimate.activations[pipe.decoder]

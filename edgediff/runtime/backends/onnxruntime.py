@@ -334,8 +334,9 @@ _EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 def session_options(ort: Any, memory: str, threads: int | None, spin: bool | None) -> Any:
     """SessionOptions for one memory mode; each setting below was chosen by measurement.
 
-    Measured on SD 1.5 sizes (random weights), ORT 1.32, 2 threads, AVX-512 CPU; the U-Net on
-    batch 2 at 64×64 latents (a 512² image with guidance), the VAE decoder on one 64×64 latent:
+    Measured on SD 1.5 sizes (random weights), ORT 1.32, 2 threads of a 2-core CI machine; the
+    U-Net on batch 2 at 64×64 latents (a 512² image with guidance), the VAE decoder on one
+    64×64 latent:
     * attention fused (ort_attention), every mode: U-Net peak 6.5 -> 4.1 GiB, 11.0 -> 8.3 s.
     * memory pattern off, every mode. ORT's planner otherwise reserves one block for a run's
       whole peak: U-Net 9.15 against 6.5 GiB, 16.6–18.0 s against 11.0–15.3 s a call. VAE
