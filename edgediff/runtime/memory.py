@@ -80,7 +80,7 @@ def estimate_memory(
     )
     weights, activations = {}, {}
     for component, component_files in files.items():
-        weights[component] = sum(bundle.manifest.files[rel].bytes for rel in component_files)
+        weights[component] = sum(_bytes(bundle, rel) for rel in component_files)
         kind = kind_of(component)
         if kind == "text_encoder":
             tokens = config.max_text_length * config.text_embed_dim * _FLOAT
@@ -92,6 +92,16 @@ def estimate_memory(
         else:
             activations[component] = int(maps * images * vae_pixels)
     return MemoryEstimate(weights, activations)
+
+
+def _bytes(bundle: Bundle, rel: str) -> int:
+    """A file's size as the manifest records it, else as the disk says (0 if it is missing:
+    loading it will say so)."""
+    record = bundle.manifest.files.get(rel)
+    if record is not None:
+        return record.bytes
+    path = bundle.path(rel)
+    return path.stat().st_size if path.is_file() else 0
 
 
 def _first_width(bundle: Bundle, component: str) -> int:
