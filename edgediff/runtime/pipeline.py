@@ -302,12 +302,17 @@ class Pipeline:
         """The session of `component`, loaded (and hash-checked) the first time it is needed:
         a bundle's other U-Nets cost nothing until a step count asks for one."""
         if component not in self.sessions:
-            file, precision, files = _model(self.bundle, self.backend, component, self._precision)
-            if self._verify:
-                self.bundle.verify(list(files))
-            self.sessions[component] = self.backend.load(self.bundle.path(file), precision)
-            self.model_files[component] = files
+            file, precision = self._checked_model(component)
+            self.sessions[component] = self.backend.load(file, precision)
         return self.sessions[component]
+
+    def _checked_model(self, component: str) -> tuple[Path, str]:
+        """(path, precision) of the model `component` loads, its files hash-checked."""
+        file, precision, files = _model(self.bundle, self.backend, component, self._precision)
+        if self._verify:
+            self.bundle.verify(list(files))
+        self.model_files[component] = files
+        return self.bundle.path(file), precision
 
     def release(self, *components: str) -> None:
         """Close the sessions of `components` (they load again when next needed)."""
@@ -501,11 +506,9 @@ class Pipeline:
             self._plain_tiles.add(component)
             return None
         if key not in self.sessions:
-            file, precision, files = _model(self.bundle, self.backend, component, self._precision)
-            if self._verify:
-                self.bundle.verify(list(files))
+            file, precision = self._checked_model(component)
             try:
-                session = load(self.bundle.path(file), precision)
+                session = load(file, precision)
             except BackendError as e:
                 _log.warning("%s: %s runs in plain tiles", e, component)
                 self._plain_tiles.add(component)

@@ -230,10 +230,7 @@ class OrtBackend:
     def load(self, model_path: Path, precision: str = "fp32") -> OrtSession:
         """Create an inference session for one ONNX file (`precision` as the bundle names it)."""
         ort = _import_onnxruntime()
-        providers = [
-            (p, provider_options(p, precision, self.cuda_graph, self.cache_dir, self.device_id))
-            for p in self.providers
-        ]
+        providers = self._providers(precision)
         model_path = Path(model_path)
         lowered = _with_fused_attention(model_path) if self.fuse_attention else None
         session = None
@@ -265,10 +262,7 @@ class OrtBackend:
         else:
             device = "cpu" if self.name == "ort-cpu" else "cuda"
             loaded = BoundOrtSession(session, device, self.device_id, run_options)
-        # Memory "low" closes and reloads sessions every generation: forget the closed ones.
-        self._sessions = [s for s in self._sessions if s._session is not None]
-        self._sessions.append(loaded)
-        return loaded
+        return self._keep(loaded)
 
     def load_with_norm_statistics(self, model_path: Path, precision: str = "fp32") -> OrtSession:
         """A session of a VAE whose GroupNorms take and report statistics (ort_groupnorm), for
@@ -299,10 +293,7 @@ class OrtBackend:
         # ORT warns once per added input that it also has an initializer (its default), which
         # is the point: errors only.
         options.log_severity_level = 3
-        providers = [
-            (p, provider_options(p, precision, self.cuda_graph, self.cache_dir, self.device_id))
-            for p in self.providers
-        ]
+        providers = self._providers(precision)
         try:
             session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         except Exception as e:  # ORT raises its own exception types for unreadable models
@@ -316,6 +307,16 @@ class OrtBackend:
         # Never IO-bound: ORT lists only inputs without defaults, so a BoundOrtSession would
         # bind the image alone and drop the statistics fed with it.
         loaded = OrtSession(session, run_options)
+        return self._keep(loaded)
+
+    def _providers(self, precision: str) -> list[tuple[str, dict[str, str]]]:
+        return [
+            (p, provider_options(p, precision, self.cuda_graph, self.cache_dir, self.device_id))
+            for p in self.providers
+        ]
+
+    def _keep(self, loaded: OrtSession) -> OrtSession:
+        # Memory "low" closes and reloads sessions every generation: forget the closed ones.
         self._sessions = [s for s in self._sessions if s._session is not None]
         self._sessions.append(loaded)
         return loaded
