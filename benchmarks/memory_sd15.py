@@ -63,8 +63,9 @@ def child_edgediff(spec: dict) -> dict:
             session = pipe.backend.load(model)
             decode_tiled(lambda x: session.run({"latent_sample": x})["sample"], z, f)
         else:
-            session = pipe.backend.load_with_norm_statistics(model)
-            decode_tiled_synced(session.run, z, f, passes=spec["passes"])
+            parts = pipe.backend.load_vae_for_tiles(model)
+            whole = None if parts.whole is None else parts.whole.run
+            decode_tiled_synced(parts.tiled.run, z, f, passes=spec["passes"], whole=whole)
         tiled = True
         estimate = pipe.memory_estimate(1, size, size, guidance, steps, vae_tiling=True)
         decoder = estimate.weights[pipe.decoder] + estimate.activations[pipe.decoder]

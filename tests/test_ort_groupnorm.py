@@ -33,6 +33,11 @@ def backend() -> OrtBackend:
     return OrtBackend("ort-cpu", threads=2)
 
 
+def _rewritten(backend: OrtBackend, path):
+    """The VAE at `path` whole, its GroupNorms taking and reporting statistics."""
+    return backend.load_vae_for_tiles(path, split=False).tiled
+
+
 def _input(shape: tuple[int, ...]) -> np.ndarray:
     x = np.random.default_rng(sum(shape)).standard_normal(shape, dtype=np.float32)
     return np.clip(x, -1.0, 1.0) if shape[1] == 3 else x  # images live in [-1, 1]
@@ -51,7 +56,7 @@ def test_fed_only_its_input_the_rewritten_graph_is_the_original(
     backend, component, source, target, shape
 ):
     path = DEFAULT_BUNDLE / component / "model.onnx"
-    original, rewritten = backend.load(path), backend.load_with_norm_statistics(path)
+    original, rewritten = backend.load(path), _rewritten(backend, path)
     x = _input(shape)
     outputs = rewritten.run({source: x})
     # The statistics' defaults select each InstanceNormalization as stored: same op, same bits.
@@ -66,7 +71,9 @@ def test_fed_only_its_input_the_rewritten_graph_is_the_original(
 def test_given_its_own_statistics_an_untiled_run_is_the_original(
     backend, component, source, target, shape
 ):
-    rewritten = backend.load_with_norm_statistics(DEFAULT_BUNDLE / component / "model.onnx")
+    rewritten = backend.load_vae_for_tiles(
+        DEFAULT_BUNDLE / component / "model.onnx", split=False
+    ).tiled
     x = _input(shape)
     own = rewritten.run({source: x})
     given = rewritten.run({source: x, **_given(own, norm_count(own))})
@@ -79,7 +86,9 @@ def test_given_its_own_statistics_an_untiled_run_is_the_original(
 
 
 def test_statistics_are_weighted_and_pool_across_a_split_of_the_pixels(backend):
-    decoder = backend.load_with_norm_statistics(DEFAULT_BUNDLE / "vae_decoder/model.onnx")
+    decoder = backend.load_vae_for_tiles(
+        DEFAULT_BUNDLE / "vae_decoder/model.onnx", split=False
+    ).tiled
     z = _input((1, 4, 24, 32))
     count = norm_count(decoder.output_names)
 
@@ -106,7 +115,7 @@ def test_graphs_it_cannot_rewrite_are_refused_with_a_fix(backend, tmp_path):
     # The tiny decoder has no GroupNorm: nothing to share, plain tiles are exact for it.
     for path in (DEFAULT_BUNDLE / "vae_decoder.tiny/model.onnx", tmp_path / "missing.onnx"):
         with pytest.raises(BackendError) as caught:
-            backend.load_with_norm_statistics(path)
+            _rewritten(backend, path)
         assert caught.value.fix and "\n" not in str(caught.value)
     data = (DEFAULT_BUNDLE / "vae_decoder/model.onnx").read_bytes()
     model = load_model(data)

@@ -157,7 +157,9 @@ def synced() -> dict:
     """The shipped VAE's sessions whose GroupNorms take and report statistics, 2 threads."""
     backend = OrtBackend("ort-cpu", threads=2)
     return {
-        name: backend.load_with_norm_statistics(DEFAULT_BUNDLE / f"{name}/model.onnx").run
+        name: backend.load_vae_for_tiles(
+            DEFAULT_BUNDLE / f"{name}/model.onnx", split=False
+        ).tiled.run
         for name in ("vae_decoder", "vae_encoder")
     }
 
@@ -295,6 +297,6 @@ def test_synced_needs_a_session_that_reports_statistics(models, latents):
     def plain(feeds: dict) -> dict:
         return {"sample": models["decoder"](feeds["latent_sample"])}
 
-    with pytest.raises(InputError, match="load_with_norm_statistics") as caught:
+    with pytest.raises(InputError, match="load_vae_for_tiles") as caught:
         decode_tiled_synced(plain, latents[:, :, :40, :40], FACTOR, tile=32)
     assert "\n" not in str(caught.value)

@@ -24,6 +24,7 @@ from edgediff.bundle.schema import (
 from edgediff.errors import BackendError, BundleError, InputError
 from edgediff.runtime import request_checks as checks
 from edgediff.runtime.backends import DEFAULT_BACKEND, Backend, Session, get_backend
+from edgediff.runtime.backends.vae_split import VaeParts
 from edgediff.runtime.editing import inpaint_blend, noised_start, strength_start
 from edgediff.runtime.guidance import cfg_denoiser, embedded_denoiser, is_guided
 from edgediff.runtime.image_inputs import image_array, latent_mask, mask_array
@@ -465,7 +466,7 @@ class Pipeline:
         if tiled:
             synced = self._tile_session("vae_encoder")
             if synced is not None:
-                parameters = encode_tiled_synced(synced, images, f)
+                parameters = encode_tiled_synced(synced.tiled, images, f, whole=synced.whole)
             else:
                 encode = lambda x: run(sample=x)["latent_parameters"]  # noqa: E731
                 parameters = encode_tiled(encode, images, f)
@@ -484,16 +485,17 @@ class Pipeline:
             f = self.config.vae_scale_factor
             synced = self._tile_session(self.decoder)
             if synced is not None:
-                return to_images(decode_tiled_synced(synced, z, f))
+                return to_images(decode_tiled_synced(synced.tiled, z, f, whole=synced.whole))
             decode = lambda x: run(latent_sample=x)["sample"]  # noqa: E731
             return to_images(decode_tiled(decode, z, f))
         return to_images(run(latent_sample=z)["sample"])
 
-    def _tile_session(self, component: str) -> ModelCall | None:
-        """`component` loaded so that tiles share the whole image's GroupNorm statistics
-        (ONNX Runtime; vae_tiling measures why), timed like the others; None where the
-        backend cannot (TensorRT) or the model has no GroupNorm (tiles are exact then)."""
-        load = getattr(self.backend, "load_with_norm_statistics", None)
+    def _tile_session(self, component: str) -> VaeParts | None:
+        """`component` loaded so that tiles share the whole image's GroupNorm statistics and
+        a mid-block attention sees the whole image (ONNX Runtime; vae_tiling and vae_split
+        measure why), as timed calls; None where the backend cannot (TensorRT) or the model
+        has no GroupNorm (tiles are exact then)."""
+        load = getattr(self.backend, "load_vae_for_tiles", None)
         key = _TILED.format(component)
         if component in self._plain_tiles:
             return None
@@ -508,7 +510,7 @@ class Pipeline:
         if key not in self.sessions:
             file, precision = self._checked_model(component)
             try:
-                session = load(file, precision)
+                parts = load(file, precision)
             except BackendError as e:
                 _log.warning("%s: %s runs in plain tiles", e, component)
                 self._plain_tiles.add(component)
@@ -516,12 +518,15 @@ class Pipeline:
             # The whole-image session is not needed while tiles run: release it here.
             if self.memory != "fast":
                 self.release(component)
-            self.sessions[key] = session
-        session, kind = self.sessions[key], kind_of(component)
+            self.sessions[key] = parts
+        parts, kind = self.sessions[key], kind_of(component)
+        whole = None if parts.whole is None else self._timed_call(parts.whole.run, kind)
+        return VaeParts(self._timed_call(parts.tiled.run, kind), whole, parts.whole_first)
 
+    def _timed_call(self, call: Callable, kind: str) -> Callable:
         def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             start = time.perf_counter()
-            out = session.run(feeds)
+            out = call(feeds)
             self.last_timings.add(kind, time.perf_counter() - start)
             return out
 

@@ -35,7 +35,7 @@ seed 0, 128×128 latents):
   encoder 0.12 vs 0.22 s. 1024×1024 full decoder: peak memory +675 MiB untiled vs +53 MiB tiled.
 
 Shared GroupNorm statistics (decode_tiled_synced, encode_tiled_synced). The session from
-OrtBackend.load_with_norm_statistics (backends.ort_groupnorm) normalises with given statistics
+OrtBackend.load_vae_for_tiles (backends.ort_groupnorm) normalises with given statistics
 and reports each GroupNorm input's mean and variance, each latent pixel weighted as the blend
 weighs it so overlaps count once. Pass 1 runs the tiles on their own statistics and pools
 theirs; each later pass runs every tile on the pooled statistics of the passes before and pools
@@ -88,6 +88,7 @@ from edgediff.runtime.backends.ort_groupnorm import (
     stats_output,
     var_input,
 )
+from edgediff.runtime.backends.vae_split import FEATURES
 
 DEFAULT_TILE = 64  # latent pixels
 DEFAULT_OVERLAP = 8  # latent pixels
@@ -177,11 +178,16 @@ def decode_tiled_synced(
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     passes: int = DEFAULT_PASSES,
+    whole: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """decode_tiled with every tile normalised by the whole image's GroupNorm statistics;
-    `run` calls a session from OrtBackend.load_with_norm_statistics."""
+    `run` calls the tiled part from OrtBackend.load_vae_for_tiles; its whole part, if any,
+    is `whole`, run on all the latents first (a mid-block that attends across the image)."""
     _check_array(latents, "latents")
-    return _synced(run, ("latent_sample", "sample"), latents, 1, factor, tile, overlap, passes)
+    if whole is None:
+        return _synced(run, ("latent_sample", "sample"), latents, 1, factor, tile, overlap, passes)
+    features = whole({"latent_sample": latents})[FEATURES]
+    return _synced(run, (FEATURES, "sample"), features, 1, factor, tile, overlap, passes)
 
 
 def encode_tiled_synced(
@@ -191,12 +197,19 @@ def encode_tiled_synced(
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     passes: int = DEFAULT_PASSES,
+    whole: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """encode_tiled with every tile normalised by the whole image's GroupNorm statistics;
-    `run` calls a session from OrtBackend.load_with_norm_statistics."""
+    `run` calls the tiled part from OrtBackend.load_vae_for_tiles; its whole part, if any,
+    is `whole`, run last on the tiles' blended features (a mid-block that attends across
+    the image)."""
     _check_array(images, "images")
     _check_image_size(images, factor)
-    return _synced(run, ("sample", "latent_parameters"), images, factor, 1, tile, overlap, passes)
+    if whole is None:
+        names = ("sample", "latent_parameters")
+        return _synced(run, names, images, factor, 1, tile, overlap, passes)
+    features = _synced(run, ("sample", FEATURES), images, factor, 1, tile, overlap, passes)
+    return whole({FEATURES: features, "sample": images})["latent_parameters"]
 
 
 def _synced(
@@ -278,7 +291,7 @@ def _tile_statistics(result: dict[str, np.ndarray]) -> np.ndarray:
     if not count:
         raise InputError(
             "the model returned no GroupNorm statistics",
-            "Pass a session loaded with OrtBackend.load_with_norm_statistics",
+            "Pass the tiled part from OrtBackend.load_vae_for_tiles",
         )
     return np.stack([result[stats_output(i)] for i in range(count)], axis=1).astype(np.float64)
 

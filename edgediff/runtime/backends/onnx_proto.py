@@ -75,6 +75,7 @@ _SCHEMA: dict[str, list[tuple[str, int, str, bool, str | None]]] = {
         ("initializer", 5, "message", True, "TensorProto"),
         ("input", 11, "message", True, "ValueInfoProto"),
         ("output", 12, "message", True, "ValueInfoProto"),
+        ("value_info", 13, "message", True, "ValueInfoProto"),
     ],
     "OperatorSetIdProto": [
         ("domain", 1, "string", False, None),

@@ -20,6 +20,7 @@ from edgediff.bundle.schema import QUANTIZED_PRECISIONS
 from edgediff.errors import BackendError
 from edgediff.runtime.backends.base import unchanged
 from edgediff.runtime.backends.heap import release_freed_heap
+from edgediff.runtime.backends.vae_split import VaeParts
 from edgediff.runtime.memory import DEFAULT_MEMORY, check_memory_mode
 
 _log = logging.getLogger(__name__)
@@ -235,11 +236,8 @@ class OrtBackend:
         lowered = _with_fused_attention(model_path) if self.fuse_attention else None
         session = None
         if lowered is not None:
-            options = session_options(ort, self.memory, self.threads, self.spin)
-            # The graph comes as bytes: ORT finds its external weights beside the file.
-            options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, str(model_path.parent))
             try:
-                session = ort.InferenceSession(lowered, options, providers=providers)
+                session = self._session_from_bytes(lowered, model_path, precision)
             except Exception as e:  # an ORT too old for the op or the option: run it as stored
                 _log.warning(
                     "ONNX Runtime could not load %s with fused attention (%s); loading it as "
@@ -264,12 +262,16 @@ class OrtBackend:
             loaded = BoundOrtSession(session, device, self.device_id, run_options)
         return self._keep(loaded)
 
-    def load_with_norm_statistics(self, model_path: Path, precision: str = "fp32") -> OrtSession:
-        """A session of a VAE whose GroupNorms take and report statistics (ort_groupnorm), for
-        tiles that share the whole image's (vae_tiling.decode_tiled_synced)."""
+    def load_vae_for_tiles(
+        self, model_path: Path, precision: str = "fp32", split: bool = True
+    ) -> VaeParts:
+        """A VAE as sessions for tiles that share the whole image's GroupNorm statistics: the
+        part tiles run, its GroupNorms rewritten (ort_groupnorm), and where the VAE has global
+        attention (`split`), the part around it that runs on the whole image (vae_split)."""
         from edgediff.runtime.backends.onnx_proto import load_model
         from edgediff.runtime.backends.ort_attention import fuse_attention
         from edgediff.runtime.backends.ort_groupnorm import add_norm_statistics
+        from edgediff.runtime.backends.vae_split import split_global_attention
 
         ort = _import_onnxruntime()
         model_path = Path(model_path)
@@ -277,7 +279,8 @@ class OrtBackend:
             model = load_model(model_path.read_bytes())
             if self.fuse_attention:
                 fuse_attention(model)
-            rewritten = add_norm_statistics(model)
+            parts = split_global_attention(model) if split else VaeParts(tiled=model)
+            rewritten = add_norm_statistics(parts.tiled)
         except (OSError, ValueError) as e:  # ValueError: a graph the rewrite does not know
             raise BackendError(
                 f"cannot add GroupNorm statistics to '{model_path}': {e}",
@@ -288,26 +291,44 @@ class OrtBackend:
                 f"'{model_path}' has no GroupNorm to share statistics of",
                 "Plain tiles (vae_tiling.decode_tiled) are exact for it already",
             )
-        options = session_options(ort, self.memory, self.threads, self.spin)
-        options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, str(model_path.parent))
-        # ORT warns once per added input that it also has an initializer (its default), which
-        # is the point: errors only.
-        options.log_severity_level = 3
-        providers = self._providers(precision)
+        sessions: list[OrtSession] = []
         try:
-            session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+            for part in (parts.tiled, parts.whole):
+                if part is None:
+                    continue
+                # ORT warns once per added input that it also has an initializer (its
+                # default), which is the point: errors only.
+                session = self._session_from_bytes(
+                    part.SerializeToString(), model_path, precision, errors_only=True
+                )
+                # Never IO-bound: ORT lists only inputs without defaults, so a
+                # BoundOrtSession would bind the image alone and drop the statistics.
+                run_options = run_options_for(ort, self.memory, self.name, self.device_id)
+                sessions.append(self._keep(OrtSession(session, run_options)))
         except Exception as e:  # ORT raises its own exception types for unreadable models
+            for loaded in sessions:
+                loaded.close()
             raise BackendError(
                 f"ONNX Runtime could not load '{model_path}' with GroupNorm statistics: "
                 f"{str(e).splitlines()[0]}",
                 "Decode with plain tiles (vae_tiling.decode_tiled) instead",
             ) from None
-        release_freed_heap()  # the parsed model
-        run_options = run_options_for(ort, self.memory, self.name, self.device_id)
-        # Never IO-bound: ORT lists only inputs without defaults, so a BoundOrtSession would
-        # bind the image alone and drop the statistics fed with it.
-        loaded = OrtSession(session, run_options)
-        return self._keep(loaded)
+        finally:
+            release_freed_heap()  # the parsed model
+        whole = sessions[1] if len(sessions) > 1 else None
+        return VaeParts(tiled=sessions[0], whole=whole, whole_first=parts.whole_first)
+
+    def _session_from_bytes(
+        self, data: bytes, model_path: Path, precision: str, errors_only: bool = False
+    ) -> Any:
+        """An ORT session of a rewritten graph of `model_path`, its external weights read
+        from beside that file."""
+        ort = _import_onnxruntime()
+        options = session_options(ort, self.memory, self.threads, self.spin)
+        options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, str(model_path.parent))
+        if errors_only:
+            options.log_severity_level = 3
+        return ort.InferenceSession(data, options, providers=self._providers(precision))
 
     def _providers(self, precision: str) -> list[tuple[str, dict[str, str]]]:
         return [

@@ -11,6 +11,10 @@ the graph alone (onnx_proto; external weights are never read), gives InstanceNor
   each pixel weighted by `norm_weight` (N or 1 × 1 × h × w, resized nearest to each layer's
   resolution), so a driver can add up tiles' statistics without counting overlaps twice.
 
+A GroupNorm may also normalise a flattened N×C×(H·W) tensor, as the mid-block attention of
+Stable Diffusion's VAE does. Its layer's H and W are then the graph input's scaled by
+sqrt(H·W / (H_in·W_in)): the VAEs scale both axes by the same power of two.
+
 Every added input also has a default (an initializer of its name: own statistics, weight 1),
 so a caller that feeds only the model's own input runs the original InstanceNormalization and
 gets the original outputs bit for bit, first and under their names; the statistics follow.
@@ -28,7 +32,7 @@ from edgediff.runtime.backends import onnx_proto
 NORM_GIVEN = "norm_given"
 NORM_WEIGHT = "norm_weight"
 _STATS_PREFIX = "norm_stats_"
-_FLOAT, _BOOL = 1, 9  # TensorProto.DataType
+_FLOAT, _INT64, _BOOL = 1, 7, 9  # TensorProto.DataType
 _MIN_OPSET = 13  # Unsqueeze and ReduceSum take their axes as inputs from 13 on
 
 
@@ -62,15 +66,16 @@ def add_norm_statistics(model: Any) -> int:
         return 0
     _check_supported(model, norms)
     producers = {out: node for node in graph.node for out in node.output}
-    shared = _Shared()
+    ranks = _ranks(graph, producers, norms)
+    shared = _Shared(image=graph.input[0].name)
     nodes: list[Any] = []
     for node in graph.node:
         if node.op_type != "InstanceNormalization":
             nodes.append(node)
             continue
         i = len(shared.rewritten)
-        source = producers[node.input[0]].input[0]  # the N×C×H×W tensor the Reshape groups
-        nodes.extend(_rewrite(node, source, i, shared))
+        source = producers[node.input[0]].input[0]  # the tensor the Reshape groups
+        nodes.extend(_rewrite(node, source, ranks[source] == 3, i, shared))
         shared.rewritten.append(i)
     del graph.node[:]
     graph.node.extend(shared.nodes() + nodes)
@@ -101,12 +106,39 @@ def _check_supported(model: Any, norms: list) -> None:
         grouped = producers.get(norm.input[0])
         if grouped is None or grouped.op_type != "Reshape" or len(norm.input) != 3:
             raise ValueError(f"{norm.name or norm.output[0]} is not an exported GroupNorm")
+    ranks = _ranks(graph, producers, norms)
+    odd = sorted(name for name, rank in ranks.items() if rank not in (3, 4))
+    if odd:
+        raise ValueError(f"GroupNorm inputs must be N×C×H×W or N×C×(H·W); not {odd[:3]}")
+    if 3 in ranks.values() and _rank_of(graph.input[0].name, graph, producers) != 4:
+        raise ValueError("a flattened GroupNorm needs the graph's first input to be N×C×H×W")
+
+
+def _ranks(graph: Any, producers: dict, norms: list) -> dict[str, int]:
+    """Each grouped tensor's rank (the tensor a GroupNorm's Reshape groups)."""
+    sources = (producers[norm.input[0]].input[0] for norm in norms)
+    return {source: _rank_of(source, graph, producers) for source in sources}
+
+
+def _rank_of(name: str, graph: Any, producers: dict) -> int:
+    """A tensor's rank from the graph's declared shapes, else from the Transpose that made it;
+    4 when neither says (convolutions' outputs, which exporters leave undeclared)."""
+    for info in (*graph.input, *graph.value_info):
+        if info.name == name and len(info.type.tensor_type.shape.dim):
+            return len(info.type.tensor_type.shape.dim)
+    made_by = producers.get(name)
+    if made_by is not None and made_by.op_type == "Transpose":
+        perm = onnx_proto.attribute(made_by, "perm")
+        if perm:
+            return len(perm)
+    return 4
 
 
 class _Shared:
     """The inputs, constants and nodes every rewritten normalisation reads, made once."""
 
-    def __init__(self) -> None:
+    def __init__(self, image: str) -> None:
+        self.image = image  # the graph's first input, whose H×W a flattened norm scales
         self.rewritten: list[int] = []
         self._constants: dict[str, np.ndarray] = {}
 
@@ -152,12 +184,14 @@ def _node(op: str, inputs: list[str], outputs: list[str], name: str, **ints: int
     return node
 
 
-def _rewrite(norm: Any, source: str, i: int, shared: _Shared) -> list:
+def _rewrite(norm: Any, source: str, flat: bool, i: int, shared: _Shared) -> list:
     """InstanceNormalization i as own-or-given normalisation plus its input's statistics."""
     p = f"norm_{i}/"
     axes = shared.constant
+    size = _flat_size(source, shared.image, p, axes) if flat else _size(source, p, axes)
     return [
         _select(norm, i, shared),
+        *size,
         *_statistics(norm.input[0], source, mean_input(i), p, axes),
         # (N, G, 2): the mean and variance side by side.
         _node("Unsqueeze", [p + "mean_out", axes([2])], [p + "mean_col"], p + "mean_col"),
@@ -200,15 +234,44 @@ def _select(norm: Any, i: int, shared: _Shared) -> Any:
     return select
 
 
+def _size(source: str, p: str, axes: Any) -> list:
+    """Nodes giving p+"hw": an N×C×H×W source's [H, W]."""
+    return [
+        _node("Shape", [source], [p + "shape4"], p + "shape4"),
+        _node("Slice", [p + "shape4", axes([2]), axes([4])], [p + "hw"], p + "hw"),
+    ]
+
+
+def _flat_size(source: str, image: str, p: str, axes: Any) -> list:
+    """Nodes giving p+"hw": the [H, W] an N×C×(H·W) source was flattened from, the graph
+    input's H×W times sqrt(H·W / (H_in·W_in)), rounded."""
+    return [
+        _node("Shape", [source], [p + "flat_shape"], p + "flat_shape"),
+        _node("Slice", [p + "flat_shape", axes([2]), axes([3])], [p + "count"], p + "count"),
+        _node("Shape", [image], [p + "in_shape"], p + "in_shape"),
+        _node("Slice", [p + "in_shape", axes([2]), axes([4])], [p + "in_hw"], p + "in_hw"),
+        _node("Slice", [p + "in_shape", axes([2]), axes([3])], [p + "in_h"], p + "in_h"),
+        _node("Slice", [p + "in_shape", axes([3]), axes([4])], [p + "in_w"], p + "in_w"),
+        _node("Mul", [p + "in_h", p + "in_w"], [p + "in_count"], p + "in_count"),
+        _node("Cast", [p + "count"], [p + "count_f"], p + "count_f", to=_FLOAT),
+        _node("Cast", [p + "in_count"], [p + "in_count_f"], p + "in_count_f", to=_FLOAT),
+        _node("Div", [p + "count_f", p + "in_count_f"], [p + "area"], p + "area"),
+        _node("Sqrt", [p + "area"], [p + "scale"], p + "scale"),
+        _node("Cast", [p + "in_hw"], [p + "in_hw_f"], p + "in_hw_f", to=_FLOAT),
+        _node("Mul", [p + "in_hw_f", p + "scale"], [p + "hw_f"], p + "hw_f"),
+        _node("Round", [p + "hw_f"], [p + "hw_r"], p + "hw_r"),
+        _node("Cast", [p + "hw_r"], [p + "hw"], p + "hw", to=_INT64),
+    ]
+
+
 def _statistics(x: str, source: str, mean: str, p: str, axes: Any) -> list:
     """Nodes giving p+"mean_out" and p+"var_out" (N×G): x's statistics per sample and group,
     each pixel weighted by norm_weight, taken about the given mean (the shift keeps float32
-    sums of squares from cancelling once the mean is close)."""
+    sums of squares from cancelling once the mean is close). p+"hw" is the layer's [H, W]."""
     return [
         # The weights at this layer's H×W, as an (n, H·W, 1) column.
-        _node("Shape", [source], [p + "shape4"], p + "shape4"),
-        _node("Slice", [p + "shape4", axes([2]), axes([4])], [p + "hw"], p + "hw"),
-        _node("Slice", [p + "shape4", axes([0]), axes([2])], [p + "nc"], p + "nc"),
+        _node("Shape", [source], [p + "shape_n"], p + "shape_n"),
+        _node("Slice", [p + "shape_n", axes([0]), axes([2])], [p + "nc"], p + "nc"),
         _node("Shape", [NORM_WEIGHT], [p + "wshape"], p + "wshape"),
         _node("Slice", [p + "wshape", axes([0]), axes([2])], [p + "wn1"], p + "wn1"),
         _node("Concat", [p + "wn1", p + "hw"], [p + "wsize"], p + "wsize", axis=0),
