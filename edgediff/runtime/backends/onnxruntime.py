@@ -268,39 +268,20 @@ class OrtBackend:
         """A VAE as sessions for tiles that share the whole image's GroupNorm statistics: the
         part tiles run, its GroupNorms rewritten (ort_groupnorm), and where the VAE has global
         attention (`split`), the part around it that runs on the whole image (vae_split)."""
-        from edgediff.runtime.backends.onnx_proto import load_model
-        from edgediff.runtime.backends.ort_attention import fuse_attention
-        from edgediff.runtime.backends.ort_groupnorm import add_norm_statistics
-        from edgediff.runtime.backends.vae_split import split_global_attention
-
         ort = _import_onnxruntime()
         model_path = Path(model_path)
-        try:
-            model = load_model(model_path.read_bytes())
-            if self.fuse_attention:
-                fuse_attention(model)
-            parts = split_global_attention(model) if split else VaeParts(tiled=model)
-            rewritten = add_norm_statistics(parts.tiled)
-        except (OSError, ValueError) as e:  # ValueError: a graph the rewrite does not know
-            raise BackendError(
-                f"cannot add GroupNorm statistics to '{model_path}': {e}",
-                "Decode with plain tiles (vae_tiling.decode_tiled) instead",
-            ) from None
-        if not rewritten:
-            raise BackendError(
-                f"'{model_path}' has no GroupNorm to share statistics of",
-                "Plain tiles (vae_tiling.decode_tiled) are exact for it already",
-            )
+        graphs = _tile_graphs(model_path, split, self.fuse_attention)
+        whole_first = graphs.whole_first
+        # The parsed graphs are gone by now: what is released after the sessions are made is
+        # all of it (SD 1.5's decoder kept 0.8 GiB resident otherwise).
         sessions: list[OrtSession] = []
         try:
-            for part in (parts.tiled, parts.whole):
-                if part is None:
+            for data in (graphs.tiled, graphs.whole):
+                if data is None:
                     continue
                 # ORT warns once per added input that it also has an initializer (its
                 # default), which is the point: errors only.
-                session = self._session_from_bytes(
-                    part.SerializeToString(), model_path, precision, errors_only=True
-                )
+                session = self._session_from_bytes(data, model_path, precision, errors_only=True)
                 # Never IO-bound: ORT lists only inputs without defaults, so a
                 # BoundOrtSession would bind the image alone and drop the statistics.
                 run_options = run_options_for(ort, self.memory, self.name, self.device_id)
@@ -314,9 +295,10 @@ class OrtBackend:
                 "Decode with plain tiles (vae_tiling.decode_tiled) instead",
             ) from None
         finally:
-            release_freed_heap()  # the parsed model
+            del graphs
+            release_freed_heap()
         whole = sessions[1] if len(sessions) > 1 else None
-        return VaeParts(tiled=sessions[0], whole=whole, whole_first=parts.whole_first)
+        return VaeParts(tiled=sessions[0], whole=whole, whole_first=whole_first)
 
     def _session_from_bytes(
         self, data: bytes, model_path: Path, precision: str, errors_only: bool = False
@@ -353,6 +335,36 @@ class OrtBackend:
 _EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
 
+def _tile_graphs(model_path: Path, split: bool, fuse: bool) -> VaeParts:
+    """The serialized graphs of OrtBackend.load_vae_for_tiles: the tiled part with GroupNorms
+    that take and report statistics, and the whole part (or None)."""
+    from edgediff.runtime.backends.onnx_proto import load_model
+    from edgediff.runtime.backends.ort_attention import fuse_attention
+    from edgediff.runtime.backends.ort_groupnorm import add_norm_statistics
+    from edgediff.runtime.backends.vae_split import split_global_attention
+
+    try:
+        model = load_model(model_path.read_bytes())
+        if fuse:
+            fuse_attention(model)
+        parts = split_global_attention(model) if split else VaeParts(tiled=model)
+        del model  # the parts hold what they need
+        rewritten = add_norm_statistics(parts.tiled)
+    except (OSError, ValueError) as e:  # ValueError: a graph the rewrite does not know
+        raise BackendError(
+            f"cannot add GroupNorm statistics to '{model_path}': {e}",
+            "Decode with plain tiles (vae_tiling.decode_tiled) instead",
+        ) from None
+    if not rewritten:
+        raise BackendError(
+            f"'{model_path}' has no GroupNorm to share statistics of",
+            "Plain tiles (vae_tiling.decode_tiled) are exact for it already",
+        )
+    whole = None if parts.whole is None else parts.whole.SerializeToString()
+    parts.whole = None
+    return VaeParts(parts.tiled.SerializeToString(), whole, parts.whole_first)
+
+
 def session_options(ort: Any, memory: str, threads: int | None, spin: bool | None) -> Any:
     """SessionOptions for one memory mode; each setting below was chosen by measurement.
 
@@ -367,7 +379,10 @@ def session_options(ort: Any, memory: str, threads: int | None, spin: bool | Non
       (run_options_for). Without it the VAE decoder peaked 0.25 GiB lower at SD 1.5 sizes but
       ran ~20 % slower, and the shipped model peaked 40 % higher (365 against 259 MiB at 512²):
       glibc then keeps the freed activations, which only a fixed mmap threshold (slower again)
-      avoided.
+      avoided. Without it for the VAE alone (which runs once per image) a balanced SD 1.5 512²
+      generation peaked at 5.27 against 5.46 GiB (5.13 with a fixed 4 MiB mmap threshold), but
+      the shipped model at 512² at 397 against 291 MiB (237 with the threshold, and 26–30 %
+      slower): a choice by the VAE's size that this does not make yet.
     * graph optimisation level ALL: EXTENDED gave the VAE decoder the same peak.
     """
     options = ort.SessionOptions()
