@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from edgediff.errors import InputError
+from edgediff.bundle.edit import edit
+from edgediff.bundle.reader import Bundle
+from edgediff.errors import BackendError, InputError
 from edgediff.metrics.quality import psnr
 from edgediff.runtime import Pipeline
 from edgediff.runtime.backends.onnx_proto import load_model
 from edgediff.runtime.backends.onnxruntime import OrtBackend
 from edgediff.runtime.backends.ort_attention import fuse_attention
+from edgediff.runtime.memory import large_vae_buffers
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE
 from edgediff.tolerances import max_errors
 
@@ -106,6 +112,43 @@ def test_each_memory_mode_makes_identical_images_and_keeps_what_it_says():
     assert np.array_equal(images["fast"], images["low"])
     assert kept["low"] == (set(), set())  # loaded for each stage, released after it
     assert len(kept["balanced"][0]) == 3 and kept["balanced"][0] == kept["balanced"][1]
+
+
+def test_a_vae_without_the_arena_decodes_and_tiles_the_same():
+    # SD-sized VAEs run without ONNX Runtime's arena outside "fast" (large_vae_buffers); the
+    # shipped one keeps it, so ask for it here: same images, plain and tiled (2×1 tiles).
+    images = {}
+    for arena in (True, False):
+        options = {"threads": 2, "vae_arena": arena}
+        with Pipeline.load(memory="balanced", backend_options=options) as pipe:
+            assert pipe.backend.vae_arena is arena
+            images[arena] = [
+                pipe(PROMPT, seed=2, height=320, width=256, output_type="np", vae_tiling=tiled)
+                for tiled in (False, True)
+            ]
+    for with_arena, without in zip(images[True], images[False], strict=True):
+        assert np.array_equal(with_arena, without)
+    with pytest.raises(BackendError, match="vae_arena") as caught:
+        OrtBackend("ort-cpu", vae_arena="no")
+    assert "\n" not in str(caught.value)
+
+
+def test_only_a_vae_with_large_feature_maps_goes_without_the_arena(tmp_path):
+    shipped = Bundle.open(DEFAULT_BUNDLE)
+    assert not large_vae_buffers(shipped)  # 16 channels at 64²: 256 KiB a map
+    with Pipeline.load() as pipe:
+        assert pipe.backend.vae_arena is True
+    # The same bundle with SD 1.5's decoder width and default size: 128 MiB a map.
+    copy = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, copy)
+    with edit(copy, "test") as tx:
+        config = json.loads(tx.read_path("vae_decoder/config.json").read_text())
+        config["block_out_channels"] = [128]
+        tx.write_file("vae_decoder/config.json", json.dumps(config))
+        manifest = tx.bundle.manifest
+        model = replace(manifest.model, sample_size=64, vae_scale_factor=8)
+        tx.set_manifest(replace(manifest, model=model))
+    assert large_vae_buffers(Bundle.open(copy))
 
 
 def test_low_memory_releases_its_models_when_a_call_fails():

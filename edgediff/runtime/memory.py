@@ -32,6 +32,9 @@ ACTIVATION_MAPS = {"unet": 80.0, "vae_decoder": 10.0, "vae_encoder": 8.0}
 TEXT_ENCODER_MAPS = 50.0
 # A decoder without a diffusers config (the distilled tiny decoder): its first stage's width.
 _DEFAULT_WIDTH = 64
+# glibc's largest dynamic mmap threshold on 64-bit: buffers this big are mmapped and go back
+# to the system when freed.
+LARGE_BUFFER_BYTES = 32 * 2**20
 
 
 def check_memory_mode(memory: object) -> str:
@@ -92,6 +95,15 @@ def estimate_memory(
         else:
             activations[component] = int(maps * images * vae_pixels)
     return MemoryEstimate(weights, activations)
+
+
+def large_vae_buffers(bundle: Bundle) -> bool:
+    """Whether one full-resolution feature map of the bundle's VAE decoder at its default
+    image size is LARGE_BUFFER_BYTES or more: then it runs best without ONNX Runtime's arena
+    (backends.onnxruntime.session_options has the numbers). SD 1.5: 128 MiB; shipped: 256 KiB."""
+    config = bundle.manifest.model
+    side = config.sample_size * config.vae_scale_factor
+    return _first_width(bundle, "vae_decoder") * side * side * _FLOAT >= LARGE_BUFFER_BYTES
 
 
 def _bytes(bundle: Bundle, rel: str) -> int:

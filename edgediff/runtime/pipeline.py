@@ -35,6 +35,7 @@ from edgediff.runtime.memory import (
     available_bytes,
     check_memory_mode,
     estimate_memory,
+    large_vae_buffers,
 )
 from edgediff.runtime.request import (
     DECODERS,
@@ -104,7 +105,10 @@ def _decoder_component(bundle: Bundle, decoder: str) -> str:
 def _backend_options(name: str, bundle: Bundle) -> dict[str, Any]:
     """Options a backend named on its own gets from the bundle: ort-trt caches engines in it,
     TensorRT-RTX its runtime cache, and where both TensorRTs are installed the bundle's
-    engines say which one to use."""
+    engines say which one to use; ort-cpu runs a VAE with large feature maps without its
+    arena (runtime.memory.large_vae_buffers)."""
+    if name == "ort-cpu":
+        return {"vae_arena": not large_vae_buffers(bundle)}
     if name == "ort-trt":
         return {"cache_dir": bundle.path("engines/ort-trt")}
     if name != "trt":

@@ -182,6 +182,9 @@ class OrtBackend:
     `memory` is the pipeline's memory mode (runtime.memory): "fast" keeps what a run allocated
     for the next, "balanced" and "low" hand it back after each run. `fuse_attention` runs each
     attention as one MultiHeadAttention op that never holds the N² scores (ort_attention).
+    `vae_arena` False runs the VAE's sessions (bundle folders vae_*) without ONNX Runtime's
+    CPU arena outside "fast" (session_options says when that pays; the pipeline decides it
+    from the bundle, runtime.memory.large_vae_buffers).
     """
 
     array_location = "host"
@@ -198,8 +201,13 @@ class OrtBackend:
         spin: bool | None = None,
         memory: str = DEFAULT_MEMORY,
         fuse_attention: bool = True,
+        vae_arena: bool = True,
     ):
         ort = _import_onnxruntime()
+        if not isinstance(vae_arena, bool):
+            raise BackendError(
+                f"vae_arena must be True or False, not {vae_arena!r}", "Pass vae_arena=False"
+            )
         if name not in PROVIDERS:
             raise BackendError(
                 f"unknown ONNX Runtime backend '{name}'", f"Use {', '.join(PROVIDERS)}"
@@ -225,8 +233,14 @@ class OrtBackend:
         self.memory = check_memory_mode(memory)
         # TensorRT fuses the spelled-out attention itself and cannot run ORT's contrib op.
         self.fuse_attention = fuse_attention and name != "ort-trt"
+        self.vae_arena = vae_arena
         self.providers = [p for p in wanted if p in available]
         self._sessions: list[OrtSession] = []
+
+    def _arena(self, model_path: Path) -> bool:
+        """Whether this model's session allocates from ONNX Runtime's CPU arena."""
+        vae = Path(model_path).parent.name.startswith("vae_")
+        return self.memory == "fast" or self.vae_arena or not vae
 
     def load(self, model_path: Path, precision: str = "fp32") -> OrtSession:
         """Create an inference session for one ONNX file (`precision` as the bundle names it)."""
@@ -245,7 +259,8 @@ class OrtBackend:
                     model_path, str(e).splitlines()[0],
                 )  # fmt: skip
         if session is None:
-            options = session_options(ort, self.memory, self.threads, self.spin)
+            arena = self._arena(model_path)
+            options = session_options(ort, self.memory, self.threads, self.spin, arena)
             try:
                 session = ort.InferenceSession(str(model_path), options, providers=providers)
             except Exception as e:  # ORT raises its own exception types for unreadable models
@@ -254,7 +269,8 @@ class OrtBackend:
                     "Re-export the bundle with `edgediff export CHECKPOINT BUNDLE --force`",
                 ) from None
         release_freed_heap()  # the parsed model file
-        run_options = run_options_for(ort, self.memory, self.name, self.device_id)
+        arena = self._arena(model_path)
+        run_options = run_options_for(ort, self.memory, self.name, self.device_id, arena)
         if not self.io_binding:
             loaded = OrtSession(session, run_options)
         else:
@@ -284,7 +300,8 @@ class OrtBackend:
                 session = self._session_from_bytes(data, model_path, precision, errors_only=True)
                 # Never IO-bound: ORT lists only inputs without defaults, so a
                 # BoundOrtSession would bind the image alone and drop the statistics.
-                run_options = run_options_for(ort, self.memory, self.name, self.device_id)
+                arena = self._arena(model_path)
+                run_options = run_options_for(ort, self.memory, self.name, self.device_id, arena)
                 sessions.append(self._keep(OrtSession(session, run_options)))
         except Exception as e:  # ORT raises its own exception types for unreadable models
             for loaded in sessions:
@@ -306,7 +323,8 @@ class OrtBackend:
         """An ORT session of a rewritten graph of `model_path`, its external weights read
         from beside that file."""
         ort = _import_onnxruntime()
-        options = session_options(ort, self.memory, self.threads, self.spin)
+        arena = self._arena(model_path)
+        options = session_options(ort, self.memory, self.threads, self.spin, arena)
         options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, str(model_path.parent))
         if errors_only:
             options.log_severity_level = 3
@@ -365,8 +383,11 @@ def _tile_graphs(model_path: Path, split: bool, fuse: bool) -> VaeParts:
     return VaeParts(parts.tiled.SerializeToString(), whole, parts.whole_first)
 
 
-def session_options(ort: Any, memory: str, threads: int | None, spin: bool | None) -> Any:
-    """SessionOptions for one memory mode; each setting below was chosen by measurement.
+def session_options(
+    ort: Any, memory: str, threads: int | None, spin: bool | None, arena: bool = True
+) -> Any:
+    """SessionOptions for one memory mode (`arena`: OrtBackend._arena); each setting below
+    was chosen by measurement.
 
     Measured on SD 1.5 sizes (random weights), ORT 1.32, 2 threads of a 2-core CI machine; the
     U-Net on batch 2 at 64×64 latents (a 512² image with guidance), the VAE decoder on one
@@ -375,19 +396,23 @@ def session_options(ort: Any, memory: str, threads: int | None, spin: bool | Non
     * memory pattern off, every mode. ORT's planner otherwise reserves one block for a run's
       whole peak: U-Net 9.15 against 6.5 GiB, 16.6–18.0 s against 11.0–15.3 s a call. VAE
       decoder: 2.8–2.9 GiB against 1.7 GiB.
-    * the arena stays on in every mode, and outside "fast" it is shrunk after each run
-      (run_options_for). Without it the VAE decoder peaked 0.25 GiB lower at SD 1.5 sizes but
-      ran ~20 % slower, and the shipped model peaked 40 % higher (365 against 259 MiB at 512²):
-      glibc then keeps the freed activations, which only a fixed mmap threshold (slower again)
-      avoided. Without it for the VAE alone (which runs once per image) a balanced SD 1.5 512²
-      generation peaked at 5.27 against 5.46 GiB (5.13 with a fixed 4 MiB mmap threshold), but
-      the shipped model at 512² at 397 against 291 MiB (237 with the threshold, and 26–30 %
-      slower): a choice by the VAE's size that this does not make yet.
+    * the arena stays on for the text encoder and U-Net in every mode, and outside "fast" it
+      is shrunk after each run (run_options_for). Without it everywhere, the shipped model
+      peaked 40 % higher (365 against 259 MiB at 512²): glibc keeps small freed activations,
+      which only a fixed mmap threshold avoided, at 26–30 % of the shipped model's time.
+    * the VAE, which runs once per image, goes without it outside "fast" where its feature
+      maps are large (OrtBackend vae_arena; runtime.memory.large_vae_buffers): maps of 32 MiB
+      and more are mmapped by glibc and go back to the system when freed, while the arena's
+      fragmentation held them. SD 1.5 decoder alone at 512²: 1.43 against 1.71–1.85 GiB; a
+      balanced SD 1.5 512² generation 5.27 against 5.46 GiB (diffusers 5.43), 48.4 against
+      50.4 s side by side. Where maps are small glibc keeps them: the shipped model at 512²
+      peaked at 397 against 291 MiB without the arena, so it keeps it.
     * graph optimisation level ALL: EXTENDED gave the VAE decoder the same peak.
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_mem_pattern = False
+    options.enable_cpu_mem_arena = arena
     if threads:
         options.intra_op_num_threads = threads
     if spin is not None:
@@ -395,12 +420,14 @@ def session_options(ort: Any, memory: str, threads: int | None, spin: bool | Non
     return options
 
 
-def run_options_for(ort: Any, memory: str, name: str, device_id: int) -> Any:
+def run_options_for(ort: Any, memory: str, name: str, device_id: int, arena: bool = True) -> Any:
     """RunOptions for a memory mode: outside "fast" the arenas hand a run's activations back
-    after it, so a pipeline holds its weights between calls, not every component's peak."""
-    if memory == "fast":
+    after it, so a pipeline holds its weights between calls, not every component's peak
+    (`arena`: whether the session has a CPU arena; ORT refuses to shrink one it lacks)."""
+    shrink = (["cpu:0"] if arena else []) + ([] if name == "ort-cpu" else [f"gpu:{device_id}"])
+    if memory == "fast" or not shrink:
         return None
-    arenas = "cpu:0" if name == "ort-cpu" else f"cpu:0;gpu:{device_id}"
+    arenas = ";".join(shrink)
     options = ort.RunOptions()
     options.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)
     return options
