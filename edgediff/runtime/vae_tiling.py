@@ -73,9 +73,9 @@ again; the last pass's tiles are blended. Same image and tiles as above (3×3 ti
 
 Stable Diffusion's VAE (backends.vae_split). Its mid-block attends across the whole latent,
 which no tile sees, so the sessions from OrtBackend.load_vae_for_tiles run that block whole
-(the decoder's first part, the encoder's last; it works at latent resolution, so it is cheap)
-and tile the rest. SD 1.5's VAE at random weights, 8 passes (tests/test_vae_split.py holds a
-small VAE with mid-block attention to >= 40 dB):
+(the decoder's first part, the encoder's last; it works at latent resolution, on 1/64 of
+the pixels) and tile the rest. SD 1.5's VAE at random weights, 8 passes
+(tests/test_vae_split.py holds a small VAE with mid-block attention to >= 40 dB):
 
     latents, tiles              plain    shared statistics   + mid-block whole
     24², 16/8 (2×2)            28.5 dB        30.7 dB           36.1 dB (39.7 at 12 passes)
