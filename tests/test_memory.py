@@ -19,7 +19,7 @@ from edgediff.runtime import Pipeline
 from edgediff.runtime.backends.onnx_proto import load_model
 from edgediff.runtime.backends.onnxruntime import OrtBackend
 from edgediff.runtime.backends.ort_attention import fuse_attention
-from edgediff.runtime.memory import large_vae_buffers
+from edgediff.runtime.memory import estimate_memory, large_vae_buffers
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE
 from edgediff.tolerances import max_errors
 
@@ -143,12 +143,22 @@ def test_only_a_vae_with_large_feature_maps_goes_without_the_arena(tmp_path):
     shutil.copytree(DEFAULT_BUNDLE, copy)
     with edit(copy, "test") as tx:
         config = json.loads(tx.read_path("vae_decoder/config.json").read_text())
-        config["block_out_channels"] = [128]
+        config["block_out_channels"] = [128, 512]
+        config["mid_block_add_attention"] = True
         tx.write_file("vae_decoder/config.json", json.dumps(config))
         manifest = tx.bundle.manifest
         model = replace(manifest.model, sample_size=64, vae_scale_factor=8)
         tx.set_manifest(replace(manifest, model=model))
     assert large_vae_buffers(Bundle.open(copy))
+    # Tiled, a VAE whose mid-block attends runs that block whole (vae_split): its estimate
+    # grows with the image; without that attention it stays one tile's.
+    files = {"vae_decoder": ("vae_decoder/model.onnx",)}
+    tiled = [
+        estimate_memory(bundle, files, 1, side, side, 2, vae_tile=512).activations["vae_decoder"]
+        for bundle in (Bundle.open(copy), shipped)
+        for side in (1024, 8192)
+    ]
+    assert tiled[1] > 4 * tiled[0] and tiled[2] == tiled[3]
 
 
 def test_low_memory_releases_its_models_when_a_call_fails():

@@ -28,6 +28,10 @@ _FLOAT = 4
 BASE_BYTES = 92 * 2**20
 # Full-resolution feature maps alive at each kind's peak, fitted on SD 1.5 at 256² and 512².
 ACTIVATION_MAPS = {"unet": 80.0, "vae_decoder": 10.0, "vae_encoder": 8.0}
+# A tiled VAE's mid-block, run whole at latent resolution where it holds attention
+# (backends.vae_split), in maps of its widest stage: 1.32 GiB for SD 1.5's decoder at 256²
+# latents (512 channels, 128 MiB a map).
+MID_BLOCK_MAPS = 10.5
 # The text encoder's, in token embeddings (batch × tokens × width): a few MB.
 TEXT_ENCODER_MAPS = 50.0
 # A decoder without a diffusers config (the distilled tiny decoder): its first stage's width.
@@ -92,8 +96,12 @@ def estimate_memory(
         maps = ACTIVATION_MAPS[kind] * _first_width(bundle, component) * _FLOAT
         if kind == "unet":
             activations[component] = int(maps * unet_batch * (height // f) * (width // f))
-        else:
-            activations[component] = int(maps * images * vae_pixels)
+            continue
+        activations[component] = int(maps * images * vae_pixels)
+        if vae_tile is not None:  # the whole mid-block runs before or after the tiles
+            mid = MID_BLOCK_MAPS * _mid_attention_width(bundle, component) * _FLOAT
+            whole = int(mid * images * (height // f) * (width // f))
+            activations[component] = max(activations[component], whole)
     return MemoryEstimate(weights, activations)
 
 
@@ -125,6 +133,20 @@ def _first_width(bundle: Bundle, component: str) -> int:
         return int(json.loads(path.read_text())["block_out_channels"][0])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return _DEFAULT_WIDTH
+
+
+def _mid_attention_width(bundle: Bundle, component: str) -> int:
+    """Channels of a VAE's mid-block if it holds attention (diffusers' AutoencoderKL config),
+    else 0: the distilled tiny decoder and VAEs exported without it have none."""
+    path = bundle.path(f"{component}/config.json")
+    try:
+        config = json.loads(path.read_text())
+        attends = config.get("mid_block_add_attention", True)
+        if config.get("_class_name") != "AutoencoderKL" or not attends:
+            return 0
+        return int(config["block_out_channels"][-1])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return 0
 
 
 def available_bytes() -> float:
