@@ -4,7 +4,7 @@ Stable Diffusion's VAE has one attention, in its mid-block, at latent resolution
 pixel attends to every other. Run on a tile, it attends to the tile only, and no sharing of
 GroupNorm statistics makes up for it (SD 1.5's decoder at random weights: 28.5 dB plain tiles,
 30.7 dB with shared statistics). That part is also small: it runs at latent resolution, on
-1/64 of the pixels (for a 2048² image it took 1.07 GiB and 86 s on 2 cores). So the decoder is cut
+1/64 of the pixels (for a 2048² image it took 1.32 GiB and 50 s on 2 cores). So the decoder is cut
 after its mid-block (the whole latent runs through it once, tiles run the up-blocks) and the
 encoder before its mid-block (tiles run the down-blocks, the blended features run the rest).
 
