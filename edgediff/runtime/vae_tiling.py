@@ -88,6 +88,7 @@ the pixels) and tile the rest. SD 1.5's VAE at random weights, 8 passes
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 
@@ -245,30 +246,36 @@ def _synced(
     n, height, width = x.shape[0], x.shape[2] // scale_in, x.shape[3] // scale_in
     if height <= tile and width <= tile:  # one tile: its statistics are the image's
         return _checked(run({source: x})[target], n, height * scale_out, width * scale_out)
-    tiles = _synced_tiles(height, width, tile, overlap, scale_out)
+    tiles = _tiles(height, width, tile, overlap, scale_out)
     solver, given, out = _FixedPoint(), None, None
     for _ in range(passes):
         total = _StatisticsSum()
-        for k, (top, left, wy, wx, weight) in enumerate(tiles):
-            th, tw = len(wy) // scale_out, len(wx) // scale_out
-            feeds = {source: x[..., _span(top, th, scale_in), _span(left, tw, scale_in)]}
-            result = run({**feeds, NORM_WEIGHT: weight, **_given_feeds(given)})
-            part = _checked(result[target], n, len(wy), len(wx))
-            total.add(_tile_statistics(result), float(weight.sum()))
-            if out is None:  # the channel count is the model's to say
-                shape = (n, part.shape[1], height * scale_out, width * scale_out)
-                out = np.zeros(shape, np.float32)
-            elif k == 0:  # each pass blends anew: any pass may turn out to be the last
-                out.fill(0.0)
-            target_span = (..., _span(top, th, scale_out), _span(left, tw, scale_out))
-            out[target_span] += part * wy[:, None] * wx[None, :]
+        run_tile = functools.partial(_synced_tile, run, names, _given_feeds(given), total)
+        # Each pass blends anew into the same array: any pass may turn out to be the last.
+        out = _blend(run_tile, x, tiles, scale_in, scale_out, out)
         given, settled = solver.step(given, total.result())
         if settled:
             break
     return out
 
 
-def _synced_tiles(
+def _synced_tile(
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    names: tuple[str, str],
+    given: dict[str, np.ndarray],
+    total: _StatisticsSum,
+    tile_in: np.ndarray,
+    weight: np.ndarray,
+) -> np.ndarray:
+    """One tile of a synced pass, normalised by the `given` feeds: its output; its statistics
+    are added to `total`."""
+    source, target = names
+    result = run({source: tile_in, NORM_WEIGHT: weight, **given})
+    total.add(_tile_statistics(result), float(weight.sum()))
+    return result[target]
+
+
+def _tiles(
     height: int, width: int, tile: int, overlap: int, scale: int
 ) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
     """(top, left, row blend weights, column blend weights, 1×1×h×w statistics weights) of
@@ -401,20 +408,32 @@ def _tiled(
     n, height, width = x.shape[0], x.shape[2] // scale_in, x.shape[3] // scale_in
     if height <= tile and width <= tile:  # one tile: nothing to blend, and exact
         return _checked(run(x), n, height * scale_out, width * scale_out)
-    rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    row_weights = axis_weights(rows, tile, height, scale_out)
-    col_weights = axis_weights(cols, tile, width, scale_out)
-    out = None
-    for top, wy in zip(rows, row_weights, strict=True):
-        for left, wx in zip(cols, col_weights, strict=True):
-            th, tw = len(wy) // scale_out, len(wx) // scale_out
-            tile_in = x[..., _span(top, th, scale_in), _span(left, tw, scale_in)]
-            part = _checked(run(tile_in), n, len(wy), len(wx))
-            if out is None:  # the channel count is the model's to say
-                shape = (n, part.shape[1], height * scale_out, width * scale_out)
-                out = np.zeros(shape, np.float32)
-            target = (..., _span(top, th, scale_out), _span(left, tw, scale_out))
-            out[target] += part * wy[:, None] * wx[None, :]
+    tiles = _tiles(height, width, tile, overlap, scale_out)
+    return _blend(lambda tile_in, _: run(tile_in), x, tiles, scale_in, scale_out)
+
+
+def _blend(
+    run_tile: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    x: np.ndarray,
+    tiles: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]],
+    scale_in: int,
+    scale_out: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """run_tile(tile of x, its statistics weights) on each of `tiles` (_tiles), blended into
+    `out` (zeroed first; None: a new array, the channel count being the model's to say)."""
+    n, height, width = x.shape[0], x.shape[2] // scale_in, x.shape[3] // scale_in
+    if out is not None:
+        out.fill(0.0)
+    for top, left, wy, wx, weight in tiles:
+        th, tw = len(wy) // scale_out, len(wx) // scale_out
+        tile_in = x[..., _span(top, th, scale_in), _span(left, tw, scale_in)]
+        part = _checked(run_tile(tile_in, weight), n, len(wy), len(wx))
+        if out is None:
+            out = np.zeros((n, part.shape[1], height * scale_out, width * scale_out), np.float32)
+        out[..., _span(top, th, scale_out), _span(left, tw, scale_out)] += (
+            part * wy[:, None] * wx[None, :]
+        )
     return out
 
 
