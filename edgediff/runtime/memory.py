@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from edgediff.bundle.reader import Bundle
 from edgediff.bundle.schema import kind_of
@@ -93,13 +94,14 @@ def estimate_memory(
             tokens = config.max_text_length * config.text_embed_dim * _FLOAT
             activations[component] = int(TEXT_ENCODER_MAPS * unet_batch * tokens)
             continue
-        maps = ACTIVATION_MAPS[kind] * _first_width(bundle, component) * _FLOAT
+        component_config = _component_config(bundle, component)
+        maps = ACTIVATION_MAPS[kind] * _first_width(component_config) * _FLOAT
         if kind == "unet":
             activations[component] = int(maps * unet_batch * (height // f) * (width // f))
             continue
         activations[component] = int(maps * images * vae_pixels)
         if vae_tile is not None:  # the whole mid-block runs before or after the tiles
-            mid = MID_BLOCK_MAPS * _mid_attention_width(bundle, component) * _FLOAT
+            mid = MID_BLOCK_MAPS * _mid_attention_width(component_config) * _FLOAT
             whole = int(mid * images * (height // f) * (width // f))
             activations[component] = max(activations[component], whole)
     return MemoryEstimate(weights, activations)
@@ -111,7 +113,8 @@ def large_vae_buffers(bundle: Bundle) -> bool:
     (backends.onnxruntime.session_options has the numbers). SD 1.5: 128 MiB; shipped: 256 KiB."""
     config = bundle.manifest.model
     side = config.sample_size * config.vae_scale_factor
-    return _first_width(bundle, "vae_decoder") * side * side * _FLOAT >= LARGE_BUFFER_BYTES
+    width = _first_width(_component_config(bundle, "vae_decoder"))
+    return width * side * side * _FLOAT >= LARGE_BUFFER_BYTES
 
 
 def _bytes(bundle: Bundle, rel: str) -> int:
@@ -124,28 +127,33 @@ def _bytes(bundle: Bundle, rel: str) -> int:
     return path.stat().st_size if path.is_file() else 0
 
 
-def _first_width(bundle: Bundle, component: str) -> int:
-    """Channels of a component's first stage, from its diffusers config in the bundle."""
-    path = bundle.path(f"{component}/config.json")
-    if not path.is_file():
-        return _DEFAULT_WIDTH
-    try:
-        return int(json.loads(path.read_text())["block_out_channels"][0])
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return _DEFAULT_WIDTH
-
-
-def _mid_attention_width(bundle: Bundle, component: str) -> int:
-    """Channels of a VAE's mid-block if it holds attention (diffusers' AutoencoderKL config),
-    else 0: the distilled tiny decoder and VAEs exported without it have none."""
+def _component_config(bundle: Bundle, component: str) -> dict[str, Any]:
+    """A component's diffusers config in the bundle; {} where it has none or it is unreadable."""
     path = bundle.path(f"{component}/config.json")
     try:
         config = json.loads(path.read_text())
-        attends = config.get("mid_block_add_attention", True)
-        if config.get("_class_name") != "AutoencoderKL" or not attends:
-            return 0
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _first_width(config: dict[str, Any]) -> int:
+    """Channels of a component's first stage, from its diffusers config."""
+    try:
+        return int(config["block_out_channels"][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return _DEFAULT_WIDTH
+
+
+def _mid_attention_width(config: dict[str, Any]) -> int:
+    """Channels of a VAE's mid-block if it holds attention (diffusers' AutoencoderKL config),
+    else 0: the distilled tiny decoder and VAEs exported without it have none."""
+    attends = config.get("mid_block_add_attention", True)
+    if config.get("_class_name") != "AutoencoderKL" or not attends:
+        return 0
+    try:
         return int(config["block_out_channels"][-1])
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+    except (KeyError, IndexError, TypeError, ValueError):
         return 0
 
 
