@@ -142,6 +142,15 @@ def test_committed_files_are_hashed_into_the_manifest(bundle):
     assert opened.manifest.files["unet/notes.txt"].bytes == 4
 
 
+def test_committed_files_are_readable_by_everyone(bundle):
+    # ONNX Runtime's quantiser writes external weights 0600; a server running as another
+    # user must still read the bundle.
+    with edit(bundle, "test") as tx:
+        tx.write_file("unet/private.data", b"\0" * 8)
+        os.chmod(tx.path("unet/private.data"), 0o600)
+    assert (bundle / "unet/private.data").stat().st_mode & 0o777 == 0o644
+
+
 def test_paths_leaving_the_bundle_are_refused(bundle):
     with (
         pytest.raises(BundleError, match="leaves the bundle folder"),

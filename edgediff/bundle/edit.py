@@ -195,6 +195,10 @@ class BundleEdit:
             for p in self.staging.rglob("*")
             if p.is_file() and p.name != MANIFEST
         )
+        for rel in staged:
+            # Some writers (ONNX Runtime's quantiser for external weights) make files 0600;
+            # bundles are meant to be shared, like the folders (0755) they sit in.
+            os.chmod(self.staging / rel, 0o644)
         records = {rel: _record(self.staging / rel) for rel in staged}
         kept = {rel: r for rel, r in manifest.files.items() if rel not in self._dropped}
         manifest = replace(manifest, files={**kept, **records})
