@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -267,3 +268,25 @@ def test_attention_stays_float_and_fuses_at_load(quantized, precision):
     softmaxes = sum(n.op_type == "Softmax" for n in model.graph.node)
     assert softmaxes > 0
     assert fuse_attention(model) == softmaxes
+
+
+def test_weights_with_a_second_hard_link_are_refused_before_any_work(tmp_path):
+    # onnx will not read external weights that have more than one link; the quantiser would
+    # otherwise fail minutes in, with a traceback.
+    root = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, root)
+    with edit(root, "test: external U-Net weights") as tx:
+        entry = tx.bundle.model("unet", "fp32")
+        onnx.save_model(
+            onnx.load(str(root / entry.file)),
+            str(tx.path(entry.file)),
+            save_as_external_data=True,
+            location="model.onnx.data",
+            size_threshold=1024,
+        )
+        tx.put_model("unet", dataclasses.replace(entry, external_data=("unet/model.onnx.data",)))
+    (tmp_path / "elsewhere.data").hardlink_to(root / "unet/model.onnx.data")
+    result = CliRunner().invoke(cli, ["quantize", str(root), "--keep", "none", "--force"])
+    assert result.exit_code == 1
+    assert "unet/model.onnx.data has more than one hard link" in result.output
+    assert "cp -r" in result.output and len(result.output.strip().splitlines()) == 1

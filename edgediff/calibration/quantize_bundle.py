@@ -194,6 +194,14 @@ def _check_can_quantize(bundle: Bundle, component: str, precision: str, force: b
             "Pass --force to quantise it again (the old model is replaced once the new one "
             "is written)",
         )
+    for rel in comp.models["fp32"].external_data:
+        # onnx refuses to read external weights with more than one link (its guard against
+        # hardlink attacks), which would stop the quantiser minutes in.
+        if bundle.path(rel).stat().st_nlink > 1:
+            raise BundleError(
+                f"{rel} has more than one hard link, and onnx refuses to read weights so linked",
+                "Copy the bundle with `cp -r` (not `cp -al`), or quantise the original",
+            )
     calibration_record(bundle, component)  # a clear error if nothing was recorded
 
 
