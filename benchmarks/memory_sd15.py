@@ -5,6 +5,13 @@ of a process, for both sides), so its peak resident set size (VmHWM) is that row
 
   * edgediff, ORT CPU, each memory mode (low, balanced, fast) at each --sizes;
   * diffusers' StableDiffusionPipeline (PyTorch, CPU) on the same checkpoint, same latents;
+  * with --int8, edgediff balanced with the bundle's INT8 U-Net and VAE decoder, which this
+    script does not make (on 2 cores, ~1 min and ~4 min, 18 GB peak while quantising):
+
+      edgediff calibrate WORK/bundle --samples 2 --batch-size 1 --steps 4 --guidance 7.5 \
+          --height 256 --width 256
+      edgediff quantize WORK/bundle --components unet,vae_decoder --keep none --target cpu
+
   * edgediff decoding one --decode-size latent with the tiled VAE, GroupNorm statistics
     shared across tiles in --decode-passes passes (no generation), against the estimate.
 
@@ -48,7 +55,10 @@ def child_edgediff(spec: dict) -> dict:
 
     start = time.perf_counter()
     pipe = Pipeline.load(
-        spec["bundle"], memory=spec["memory"], backend_options={"threads": spec["threads"]}
+        spec["bundle"],
+        precision=spec.get("precision"),
+        memory=spec["memory"],
+        backend_options={"threads": spec["threads"]},
     )
     load_s = time.perf_counter() - start
     size, steps, guidance = spec["size"], spec["steps"], spec["guidance"]
@@ -103,6 +113,16 @@ def child_diffusers(spec: dict) -> dict:
     return {"load_s": load_s, "seconds": seconds, "peak_gib": _peak_gib()}
 
 
+def _fp32_weight_gib(bundle: Path) -> float:
+    """Bytes of the fp32 text encoder, U-Net and VAE decoder (not of quantised copies)."""
+    from edgediff.bundle.reader import Bundle
+
+    opened = Bundle.open(bundle)
+    files = [f for c in ("text_encoder", "unet", "vae_decoder")
+             for f in opened.model(c, "fp32").files]  # fmt: skip
+    return sum(opened.manifest.files[f].bytes for f in files) / GiB
+
+
 def _row(spec: dict) -> dict:
     """Run one spec in a fresh child process; its result, or the error it died of."""
     import subprocess
@@ -129,6 +149,12 @@ def main() -> None:
         help="passes of the tiled decode (its memory is one tile's at any count; 1 = plain tiles)",
     )
     parser.add_argument("--modes", nargs="+", default=["low", "balanced", "fast"])
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also a balanced row per size with the bundle's INT8 U-Net and VAE decoder "
+        "(made beforehand with edgediff calibrate and quantize: the error says how)",
+    )
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--threads", type=int, default=2)
@@ -142,16 +168,26 @@ def main() -> None:
         return
 
     from edgediff.bench.sd15 import prepare_sd15
+    from edgediff.bundle.reader import Bundle
 
     checkpoint, bundle, _ = prepare_sd15(args.work)
-    weights = sum(f.stat().st_size for f in bundle.rglob("*.onnx*")
-                  if f.parent.name in ("text_encoder", "unet", "vae_decoder")) / GiB  # fmt: skip
+    weights = _fp32_weight_gib(bundle)
+    if args.int8 and "int8" not in Bundle.open(bundle).manifest.components["unet"].models:
+        parser.error(
+            f"{bundle} has no INT8 U-Net: make it first with `edgediff calibrate {bundle} "
+            "--samples 2 --batch-size 1 --steps 4 --guidance 7.5 --height 256 --width 256` "
+            f"and `edgediff quantize {bundle} --components unet,vae_decoder --keep none "
+            "--target cpu`"
+        )
     common = {"steps": args.steps, "guidance": args.guidance, "threads": args.threads}
     specs = []
     for size in args.sizes:
         for memory in args.modes:
             specs.append({"engine": "edgediff", "memory": memory, "size": size,
                           "bundle": str(bundle), **common})  # fmt: skip
+        if args.int8:
+            specs.append({"engine": "edgediff", "memory": "balanced", "size": size,
+                          "precision": "int8", "bundle": str(bundle), **common})  # fmt: skip
         if not args.no_diffusers:
             specs.append({"engine": "diffusers", "size": size, "checkpoint": str(checkpoint),
                           **common})  # fmt: skip
@@ -173,7 +209,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     theirs = {r["size"]: r for r in rows if r["engine"] == "diffusers" and "error" not in r}
     for r in rows:
-        what = r.get("memory", "")
+        what = r.get("memory", "") + (f", {r['precision']}" if r.get("precision") else "")
         if r.get("decode_only"):
             what = f"decode only, tiled, {r['passes']} pass{'es' if r['passes'] > 1 else ''}"
         if "error" in r:

@@ -835,8 +835,8 @@ def calibrate(
     default="tensorrt",
     show_default=True,
     help="tensorrt: symmetric INT8, runs on TensorRT and ONNX Runtime alike. cpu: uint8 "
-    "activations, ONNX Runtime's fast x86 kernels (1.56x vs 1.21x on an SD 1.5 U-Net), "
-    "refused by TensorRT.",
+    "activations, ONNX Runtime's fast x86 kernels (SD 1.5 U-Net vs fp32: 1.95x vs 1.69x "
+    "with AVX-512 VNNI, 1.56x vs 1.21x with AVX2), refused by TensorRT.",
 )
 @force_option("Replace a quantised model the bundle already has.")
 def quantize(
