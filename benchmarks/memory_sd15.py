@@ -77,7 +77,9 @@ def child_edgediff(spec: dict) -> dict:
             whole = None if parts.whole is None else parts.whole.run
             decode_tiled_synced(parts.tiled.run, z, f, passes=spec["passes"], whole=whole)
         tiled = True
-        estimate = pipe.memory_estimate(1, size, size, guidance, steps, vae_tiling=True)
+        estimate = pipe.memory_estimate(
+            1, size, size, guidance, steps, vae_tiling=True, synced_tiles=spec["passes"] > 1
+        )
         decoder = estimate.weights[pipe.decoder] + estimate.activations[pipe.decoder]
         estimate_gib = (BASE_BYTES + decoder) / GiB
     else:

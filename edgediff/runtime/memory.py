@@ -33,6 +33,11 @@ ACTIVATION_MAPS = {"unet": 80.0, "vae_decoder": 10.0, "vae_encoder": 8.0}
 # (backends.vae_split), in maps of its widest stage: 1.32 GiB for SD 1.5's decoder at 256²
 # latents (512 channels, 128 MiB a map).
 MID_BLOCK_MAPS = 10.5
+# A tile of a VAE whose GroupNorms share the whole image's statistics (backends.ort_groupnorm):
+# each norm also sums its input and picks a branch, which holds more maps at once than
+# ONNX Runtime's fused norm. SD 1.5's decoder, 512² tiles: 2.19 GiB above the loaded model at
+# 1024² and 2.32 GiB at 2048² (17.5 and 18.5 maps; plain tiles 9.9), fitted at 1024².
+SYNCED_TILE_MAPS = 17.5
 # The text encoder's, in token embeddings (batch × tokens × width): a few MB.
 TEXT_ENCODER_MAPS = 50.0
 # A decoder without a diffusers config (the distilled tiny decoder): its first stage's width.
@@ -77,10 +82,12 @@ def estimate_memory(
     width: int,
     unet_batch: int,
     vae_tile: int | None = None,
+    synced_tiles: bool = False,
 ) -> MemoryEstimate:
     """The estimate of one generation of `images` images at height × width whose U-Net runs
     on `unet_batch` latents a call (2× images under classifier-free guidance). `files` are the
-    bundle files each component loads; `vae_tile` the VAE's tile side in pixels when tiled."""
+    bundle files each component loads; `vae_tile` the VAE's tile side in pixels when tiled,
+    `synced_tiles` whether its tiles share GroupNorm statistics (the ONNX Runtime backend)."""
     config = bundle.manifest.model
     f = config.vae_scale_factor
     vae_pixels = (
@@ -99,6 +106,8 @@ def estimate_memory(
         if kind == "unet":
             activations[component] = int(maps * unet_batch * (height // f) * (width // f))
             continue
+        if vae_tile is not None and synced_tiles and _has_group_norms(component_config):
+            maps = SYNCED_TILE_MAPS * _first_width(component_config) * _FLOAT
         activations[component] = int(maps * images * vae_pixels)
         if vae_tile is not None:  # the whole mid-block runs before or after the tiles
             mid = MID_BLOCK_MAPS * _mid_attention_width(component_config) * _FLOAT
@@ -143,6 +152,12 @@ def _first_width(config: dict[str, Any]) -> int:
         return int(config["block_out_channels"][0])
     except (KeyError, IndexError, TypeError, ValueError):
         return _DEFAULT_WIDTH
+
+
+def _has_group_norms(config: dict[str, Any]) -> bool:
+    """Whether a VAE normalises with GroupNorm (diffusers' AutoencoderKL; the distilled tiny
+    decoder does not, so its tiles run plain)."""
+    return config.get("_class_name") == "AutoencoderKL"
 
 
 def _mid_attention_width(config: dict[str, Any]) -> int:

@@ -768,9 +768,11 @@ class Pipeline:
         guidance_scale: float | None = None,
         steps: int | None = None,
         vae_tiling: bool = False,
+        synced_tiles: bool | None = None,
     ) -> MemoryEstimate:
         """Estimated weights and activations of a generation's models (runtime.memory);
-        `.peak(mode)` is the process's estimated peak in a memory mode."""
+        `.peak(mode)` is the process's estimated peak in a memory mode. `synced_tiles`: whether
+        VAE tiles share GroupNorm statistics (None: as this backend decodes them)."""
         steps = steps or self.default_steps
         if guidance_scale is None:
             guidance_scale = self.guidance_for(steps)
@@ -779,9 +781,12 @@ class Pipeline:
         guided = is_guided(guidance_scale) and not self.guidance_embedded_for(steps)
         files = {c: self._files(c) for c in ("text_encoder", unet, self.decoder)}
         tile = DEFAULT_TILE * self.config.vae_scale_factor if vae_tiling else None
+        if synced_tiles is None:
+            synced_tiles = hasattr(self.backend, "load_vae_for_tiles")
         return estimate_memory(
-            self.bundle, files, images, height or size, width or size, images * (1 + guided), tile
-        )
+            self.bundle, files, images, height or size, width or size, images * (1 + guided),
+            tile, synced_tiles,
+        )  # fmt: skip
 
     def needs_vae_tiling(
         self, images: int, height: int, width: int, guidance_scale: float, steps: int
