@@ -28,6 +28,10 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: a child process loads only what its row needs
+    from edgediff.bundle.reader import Bundle
 
 PROMPT = "a photo of an astronaut riding a horse"
 GiB = 2**30
@@ -115,14 +119,12 @@ def child_diffusers(spec: dict) -> dict:
     return {"load_s": load_s, "seconds": seconds, "peak_gib": _peak_gib()}
 
 
-def _fp32_weight_gib(bundle: Path) -> float:
-    """Bytes of the fp32 text encoder, U-Net and VAE decoder (not of quantised copies)."""
-    from edgediff.bundle.reader import Bundle
-
-    opened = Bundle.open(bundle)
+def _fp32_weight_gib(bundle: Bundle) -> float:
+    """Bytes of the fp32 text encoder, U-Net and VAE decoder of an opened bundle (not of
+    quantised copies)."""
     files = [f for c in ("text_encoder", "unet", "vae_decoder")
-             for f in opened.model(c, "fp32").files]  # fmt: skip
-    return sum(opened.manifest.files[f].bytes for f in files) / GiB
+             for f in bundle.model(c, "fp32").files]  # fmt: skip
+    return sum(bundle.manifest.files[f].bytes for f in files) / GiB
 
 
 def _row(spec: dict) -> dict:
@@ -173,8 +175,9 @@ def main() -> None:
     from edgediff.bundle.reader import Bundle
 
     checkpoint, bundle, _ = prepare_sd15(args.work)
-    weights = _fp32_weight_gib(bundle)
-    if args.int8 and "int8" not in Bundle.open(bundle).manifest.components["unet"].models:
+    opened = Bundle.open(bundle)
+    weights = _fp32_weight_gib(opened)
+    if args.int8 and "int8" not in opened.manifest.components["unet"].models:
         parser.error(
             f"{bundle} has no INT8 U-Net: make it first with `edgediff calibrate {bundle} "
             "--samples 2 --batch-size 1 --steps 4 --guidance 7.5 --height 256 --width 256` "

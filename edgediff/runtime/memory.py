@@ -102,12 +102,13 @@ def estimate_memory(
             activations[component] = int(TEXT_ENCODER_MAPS * unet_batch * tokens)
             continue
         component_config = _component_config(bundle, component)
-        maps = ACTIVATION_MAPS[kind] * _first_width(component_config) * _FLOAT
+        count = ACTIVATION_MAPS[kind]
+        if vae_tile is not None and synced_tiles and _has_group_norms(component_config):
+            count = SYNCED_TILE_MAPS
+        maps = count * _first_width(component_config) * _FLOAT
         if kind == "unet":
             activations[component] = int(maps * unet_batch * (height // f) * (width // f))
             continue
-        if vae_tile is not None and synced_tiles and _has_group_norms(component_config):
-            maps = SYNCED_TILE_MAPS * _first_width(component_config) * _FLOAT
         activations[component] = int(maps * images * vae_pixels)
         if vae_tile is not None:  # the whole mid-block runs before or after the tiles
             mid = MID_BLOCK_MAPS * _mid_attention_width(component_config) * _FLOAT

@@ -781,8 +781,9 @@ class Pipeline:
         guided = is_guided(guidance_scale) and not self.guidance_embedded_for(steps)
         files = {c: self._files(c) for c in ("text_encoder", unet, self.decoder)}
         tile = DEFAULT_TILE * self.config.vae_scale_factor if vae_tiling else None
-        if synced_tiles is None:
-            synced_tiles = hasattr(self.backend, "load_vae_for_tiles")
+        if synced_tiles is None:  # as _tile_session will decode: plain where it fell back
+            shares = hasattr(self.backend, "load_vae_for_tiles")
+            synced_tiles = shares and self.decoder not in self._plain_tiles
         return estimate_memory(
             self.bundle, files, images, height or size, width or size, images * (1 + guided),
             tile, synced_tiles,
