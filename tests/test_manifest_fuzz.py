@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgediff.bundle.reader import Bundle
-from edgediff.errors import EdgediffError
+from edgediff.errors import BundleError, EdgediffError
 from edgediff.runtime.bundle_info import format_bundle
 from edgediff.runtime.pipeline import DEFAULT_BUNDLE, Pipeline
 
@@ -103,3 +103,14 @@ def test_a_mutated_manifest_works_or_is_refused_cleanly(root, path, value, delet
         assert "\n" not in str(e)
         return
     assert np.isfinite(images).all()
+
+
+@pytest.mark.parametrize("value", [[], [1.0], [1.0, 8.0, 9.0]])
+def test_a_fixed_length_field_of_another_length_is_refused(root, value):
+    # Found by the fuzz test above: an empty guidance_range passed the schema and broke
+    # `edgediff info` with a ValueError.
+    data = copy.deepcopy(ORIGINAL)
+    data["components"]["unet"]["models"]["fp32"]["distillation"]["guidance_range"] = value
+    (root / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"guidance_range' must be a list of 2"):
+        Bundle.open(root)

@@ -67,8 +67,15 @@ def decode(tp: Any, value: Any, path: str, minimums: dict[str, float] | None = N
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
             raise FieldError(path, f"must be a list, not {value!r:.60}")
-        item = typing.get_args(tp)[0]
-        items = [decode(item, v, f"{path}[{i}]", minimums) for i, v in enumerate(value)]
+        args = typing.get_args(tp)
+        if origin is tuple and args[-1] is not Ellipsis:  # fixed length: tuple[float, float]
+            if len(value) != len(args):
+                raise FieldError(path, f"must be a list of {len(args)}, not {value!r:.60}")
+            return tuple(
+                decode(a, v, f"{path}[{i}]", minimums)
+                for i, (a, v) in enumerate(zip(args, value, strict=True))
+            )
+        items = [decode(args[0], v, f"{path}[{i}]", minimums) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
